@@ -1,0 +1,253 @@
+"""Stripe: `Stripe-Signature` verification and event mapping.
+
+Signature scheme (docs.stripe.com/webhooks/signatures, stripe-python `_webhook.py`): header
+`t=<unix>,v1=<hex>[,v1=<hex>...]`, HMAC-SHA256 of `"{t}.{raw body}"` keyed with the endpoint
+secret as UTF-8, hex. Any v1 may match (secret rolling); `v0` entries are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from adapters.base import PlatformAdapter, VerifySettings
+from adapters.payload import (
+    email_digest,
+    get_int,
+    get_object,
+    get_str,
+    load_json_object,
+    optional_str,
+    string_map,
+)
+from adapters.signing import any_hex_matches
+from webhooks.errors import SignatureError
+from webhooks.events import EventKind, Money, NormalizedEvent, ParseResult
+from webhooks.money import from_minor_units
+
+platform = "stripe"
+
+# invoice.billing_reason -> what the paid invoice means. The first invoice of a subscription
+# is keyed by the subscription id, so the Checkout Session that created it counts once.
+INVOICE_KINDS: Mapping[str, EventKind] = {
+    "subscription_create": EventKind.PURCHASE,
+    "subscription_cycle": EventKind.SUBSCRIPTION_RENEWAL,
+    "subscription_update": EventKind.SUBSCRIPTION_RENEWAL,
+    "subscription_threshold": EventKind.SUBSCRIPTION_RENEWAL,
+}
+PAID_SESSION_STATUSES = frozenset({"paid"})
+
+
+def verify(headers: Mapping[str, str], raw: bytes, settings: VerifySettings, now: float) -> None:
+    header = headers.get("stripe-signature")
+    if not header:
+        raise SignatureError("missing Stripe-Signature header")
+    timestamp, signatures = _parse_signature_header(header)
+    if not signatures:
+        raise SignatureError("Stripe-Signature has no v1 signature")
+    if not any_hex_matches(settings.secrets, f"{timestamp}.".encode() + raw, signatures):
+        raise SignatureError("no Stripe-Signature v1 signature matches a configured secret")
+    age = now - timestamp
+    if age > settings.tolerance_seconds:
+        raise SignatureError(f"Stripe-Signature timestamp is {int(age)} s old")
+    if -age > settings.tolerance_seconds:
+        raise SignatureError(f"Stripe-Signature timestamp is {int(-age)} s in the future")
+
+
+def _parse_signature_header(header: str) -> tuple[int, list[str]]:
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            raise SignatureError("malformed Stripe-Signature header")
+        if key == "t":
+            if not value.isdigit() or timestamp is not None:
+                raise SignatureError("malformed Stripe-Signature timestamp")
+            timestamp = int(value)
+        elif key == "v1":
+            signatures.append(value)
+    if timestamp is None:
+        raise SignatureError("Stripe-Signature has no timestamp")
+    return timestamp, signatures
+
+
+def parse(headers: Mapping[str, str], raw: bytes) -> ParseResult:
+    envelope = load_json_object(raw)
+    event_id = get_str(envelope, "id")
+    event_type = get_str(envelope, "type")
+    obj = get_object(get_object(envelope, "data"), "object")
+    handler = EVENT_HANDLERS.get(event_type)
+    if handler is None:
+        return ParseResult(event_id, event_type, reason=f"event type {event_type} is not used")
+    context = _Context(
+        test_mode=envelope.get("livemode") is not True, occurred_at=get_int(envelope, "created")
+    )
+    outcome = handler(obj, context)
+    if isinstance(outcome, str):
+        return ParseResult(event_id, event_type, reason=outcome)
+    return ParseResult(event_id, event_type, events=(outcome,))
+
+
+class _Context:
+    def __init__(self, test_mode: bool, occurred_at: int) -> None:
+        self.test_mode = test_mode
+        self.occurred_at = float(occurred_at)
+
+    def event(
+        self, kind: EventKind, order_id: str, obj: Mapping[str, Any], **fields: Any
+    ) -> NormalizedEvent:
+        return NormalizedEvent(
+            kind=kind,
+            platform=platform,
+            order_id=order_id,
+            test_mode=self.test_mode,
+            occurred_at=self.occurred_at,
+            customer_id=optional_str(obj, "customer"),
+            raw=obj,
+            **fields,
+        )
+
+
+def _money(obj: Mapping[str, Any], amount_key: str) -> Money:
+    currency = get_str(obj, "currency").upper()
+    return Money(from_minor_units(obj.get(amount_key), currency), currency)
+
+
+def _checkout_session(session: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
+    status = session.get("payment_status")
+    if status not in PAID_SESSION_STATUSES:
+        return f"checkout session payment_status is {status!r}, not paid yet"
+    mode = session.get("mode")
+    if mode == "subscription":
+        order_id = optional_str(session, "subscription") or get_str(session, "id")
+    elif mode == "payment":
+        order_id = optional_str(session, "payment_intent") or get_str(session, "id")
+    else:
+        return f"checkout session mode {mode!r} takes no payment"
+    amounts = {"total": _money(session, "amount_total")}
+    if isinstance(session.get("amount_subtotal"), int):
+        amounts["subtotal"] = _money(session, "amount_subtotal")
+    details = session.get("presentment_details")
+    if isinstance(details, dict) and details.get("presentment_currency"):
+        currency = str(details["presentment_currency"]).upper()
+        value = from_minor_units(details.get("presentment_amount"), currency)
+        amounts["presentment_total"] = Money(value, currency)
+    customer_details = session.get("customer_details")
+    email = customer_details.get("email") if isinstance(customer_details, dict) else None
+    return ctx.event(
+        EventKind.PURCHASE,
+        order_id,
+        session,
+        amounts=amounts,
+        item_count=_line_item_count(session.get("line_items")),
+        attributes=string_map(session.get("metadata")),
+        email_digest=email_digest(email or session.get("customer_email")),
+    )
+
+
+def _payment_intent(intent: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
+    received = "amount_received" if isinstance(intent.get("amount_received"), int) else "amount"
+    return ctx.event(
+        EventKind.PURCHASE,
+        get_str(intent, "id"),
+        intent,
+        amounts={"total": _money(intent, received)},
+        item_count=1,
+        attributes=string_map(intent.get("metadata")),
+        email_digest=email_digest(intent.get("receipt_email")),
+    )
+
+
+def _invoice(invoice: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
+    reason = invoice.get("billing_reason")
+    kind = INVOICE_KINDS.get(str(reason), EventKind.PURCHASE)
+    subscription, sub_metadata = _invoice_subscription(invoice)
+    invoice_id = get_str(invoice, "id")
+    order_id = subscription if reason == "subscription_create" and subscription else invoice_id
+    lines = invoice.get("lines")
+    line_data = lines.get("data") if isinstance(lines, dict) else None
+    attributes = {}
+    for line in line_data if isinstance(line_data, list) else []:
+        if isinstance(line, dict):
+            attributes.update(string_map(line.get("metadata")))
+    attributes.update(sub_metadata)
+    attributes.update(string_map(invoice.get("metadata")))
+    amounts = {"total": _money(invoice, "amount_paid")}
+    if isinstance(invoice.get("subtotal"), int):
+        amounts["subtotal"] = _money(invoice, "subtotal")
+    return ctx.event(
+        kind,
+        order_id,
+        invoice,
+        amounts=amounts,
+        item_count=_line_item_count(lines),
+        attributes=attributes,
+        email_digest=email_digest(invoice.get("customer_email")),
+    )
+
+
+def _invoice_subscription(invoice: Mapping[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """Subscription id and metadata snapshot, in both invoice shapes.
+
+    Before API version 2025-03-31.basil: top-level `subscription` and `subscription_details`.
+    From basil on: `parent.subscription_details.{subscription, metadata}`.
+    """
+    parent = invoice.get("parent")
+    details = parent.get("subscription_details") if isinstance(parent, dict) else None
+    if isinstance(details, dict):
+        return optional_str(details, "subscription"), string_map(details.get("metadata"))
+    legacy = invoice.get("subscription_details")
+    metadata = string_map(legacy.get("metadata")) if isinstance(legacy, dict) else {}
+    return optional_str(invoice, "subscription"), metadata
+
+
+def _line_item_count(lines: object) -> int:
+    """Sum of quantities when the payload carries line items; 1 when it does not."""
+    data = lines.get("data") if isinstance(lines, dict) else None
+    if not isinstance(data, list):
+        return 1
+    total = sum(
+        line["quantity"]
+        for line in data
+        if isinstance(line, dict) and type(line.get("quantity")) is int and line["quantity"] > 0
+    )
+    return total or 1
+
+
+def _charge_refunded(charge: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
+    refunded = get_int(charge, "amount_refunded")
+    charge_id = get_str(charge, "id")
+    # amount_refunded is cumulative: each partial refund gives a distinct key.
+    return ctx.event(
+        EventKind.REFUND,
+        f"{charge_id}:refunded:{refunded}",
+        charge,
+        amounts={"total": _money(charge, "amount_refunded")},
+        item_count=0,
+        refund_of=optional_str(charge, "payment_intent") or charge_id,
+    )
+
+
+def _refund(refund: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
+    return ctx.event(
+        EventKind.REFUND,
+        get_str(refund, "id"),
+        refund,
+        amounts={"total": _money(refund, "amount")},
+        item_count=0,
+        refund_of=optional_str(refund, "payment_intent") or optional_str(refund, "charge"),
+    )
+
+
+EVENT_HANDLERS: Mapping[str, Callable[[dict[str, Any], _Context], NormalizedEvent | str]] = {
+    "checkout.session.completed": _checkout_session,
+    "checkout.session.async_payment_succeeded": _checkout_session,
+    "payment_intent.succeeded": _payment_intent,
+    "invoice.paid": _invoice,
+    "invoice.payment_succeeded": _invoice,
+    "charge.refunded": _charge_refunded,
+    "refund.created": _refund,
+}
+
+ADAPTER = PlatformAdapter(platform, verify, parse)

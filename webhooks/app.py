@@ -1,0 +1,73 @@
+"""The application factory: configuration is read here, never at import."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from webhooks.clock import Clock, SystemClock
+from webhooks.config import Settings, load_settings
+from webhooks.database import make_engine
+from webhooks.dispatcher import Dispatcher
+from webhooks.errors import ConvertWebhooksError, StorageError
+from webhooks.logs import configure_logging
+from webhooks.runtime import Runtime
+from webhooks.sender import Sender
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    config_path: str | None = None,
+    clock: Clock | None = None,
+) -> Flask:
+    configure_logging()
+    settings = settings or load_settings(config_path)
+    app = Flask("webhooks")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    runtime = build_runtime(settings, clock or SystemClock())
+    app.extensions["convert_webhooks"] = runtime
+    try:
+        runtime.ensure_schema()
+    except StorageError:
+        # Start anyway: /readyz says 503 and requests answer 503 until the database is back.
+        log.warning("database unavailable at start-up; will retry on first use")
+
+    from webhooks.routes import bp
+
+    app.register_blueprint(bp)
+    app.register_error_handler(ConvertWebhooksError, _service_error)
+    app.register_error_handler(HTTPException, _http_error)
+    return app
+
+
+def build_runtime(settings: Settings, clock: Clock) -> Runtime:
+    engine = make_engine(settings.database_url, settings.busy_timeout_ms)
+    convert = settings.convert
+    sender = Sender(convert.connect_timeout, convert.read_timeout, dry_run=convert.dry_run)
+    dispatcher = Dispatcher(engine, settings, sender, clock)
+    return Runtime(settings, engine, sender, dispatcher, clock)
+
+
+def runtime_of(app: Flask) -> Runtime:
+    runtime: Runtime = app.extensions["convert_webhooks"]
+    return runtime
+
+
+def _service_error(exc: ConvertWebhooksError) -> tuple[Response, int]:
+    if isinstance(exc, StorageError):
+        log.error("storage unavailable: %s", exc)
+    response = jsonify(error=str(exc))
+    if isinstance(exc, StorageError):
+        response.headers["Retry-After"] = "30"
+    return response, exc.http_status
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    code = exc.code or 500
+    return jsonify(error=exc.description or exc.name), code

@@ -1,0 +1,278 @@
+"""Configuration: a TOML file with `${VAR}` references, validated at start-up.
+
+Every problem is reported with the dotted key it belongs to, so `check-config` can name each
+bad key at once instead of failing on the first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from adapters import PLATFORMS
+from webhooks.errors import ConfigError
+from webhooks.events import SENDABLE_KINDS, EventKind
+
+CONFIG_ENV = "CONVERT_WEBHOOKS_CONFIG"
+DATABASE_ENV = "CONVERT_WEBHOOKS_DATABASE_URL"
+DEFAULT_DATABASE_URL = "sqlite:///var/convert-webhooks.db"
+LEGACY_ENDPOINT = "https://{project_id}.track.convertexperiments.com/track/"
+REVENUE_BASES = ("total", "presentment_total", "subtotal")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${NAME} or ${NAME:-default}
+_DIGITS = validate.Regexp(r"^\d+$", error="must be digits only")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    name: str
+    platform: str
+    secrets: tuple[str, ...]
+    tolerance_seconds: int
+    allow_test_events: bool
+    experiments_key: str
+    revenue: str
+
+
+@dataclass(frozen=True)
+class GoalSet:
+    conversion: tuple[str, ...]
+    transaction: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    account_id: str
+    project_id: str
+    endpoint: str
+    dry_run: bool
+    connect_timeout: float
+    read_timeout: float
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    enabled: bool
+    batch_size: int
+    lease_seconds: int
+    poll_seconds: float
+    retry_base_seconds: float
+    retry_max_delay_seconds: float
+    retry_horizon_seconds: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    convert: ConvertSettings
+    goals: Mapping[EventKind, GoalSet]
+    sources: Mapping[str, SourceSettings]
+    database_url: str
+    busy_timeout_ms: int
+    max_body_bytes: int
+    dispatcher: DispatcherSettings
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+def _defaults(schema: type[Schema]) -> Any:
+    """A section left out of the file gets every default of its schema."""
+    return schema().load({})
+
+
+class _ConvertSchema(_Strict):
+    account_id = fields.String(required=True, validate=_DIGITS)
+    project_id = fields.String(required=True, validate=_DIGITS)
+    endpoint = fields.String(load_default=LEGACY_ENDPOINT, validate=validate.Regexp(r"^https?://"))
+    dry_run = fields.Boolean(load_default=False)
+    connect_timeout_seconds = fields.Float(load_default=3.05, validate=validate.Range(min=0.1))
+    read_timeout_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.1))
+
+
+class _GoalSetSchema(_Strict):
+    conversion = fields.List(fields.String(validate=_DIGITS), load_default=list)
+    transaction = fields.List(fields.String(validate=_DIGITS), load_default=list)
+
+
+class _GoalsSchema(_Strict):
+    purchase = fields.Nested(_GoalSetSchema, required=True)
+    subscription_renewal = fields.Nested(
+        _GoalSetSchema, load_default=lambda: _defaults(_GoalSetSchema)
+    )
+
+
+class _SourceSchema(_Strict):
+    platform = fields.String(required=True, validate=validate.OneOf(PLATFORMS))
+    secrets = fields.List(
+        fields.String(validate=validate.Length(min=1)),
+        required=True,
+        validate=validate.Length(min=1, error="needs at least one secret"),
+    )
+    tolerance_seconds = fields.Integer(load_default=300, validate=validate.Range(min=1))
+    allow_test_events = fields.Boolean(load_default=False)
+    experiments_key = fields.String(load_default="convert_experiments")
+    revenue = fields.String(load_default="total", validate=validate.OneOf(REVENUE_BASES))
+
+
+class _DatabaseSchema(_Strict):
+    url = fields.String(load_default=DEFAULT_DATABASE_URL)
+    busy_timeout_ms = fields.Integer(load_default=5000, validate=validate.Range(min=0))
+
+
+class _DispatcherSchema(_Strict):
+    enabled = fields.Boolean(load_default=True)
+    batch_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
+    lease_seconds = fields.Integer(load_default=300, validate=validate.Range(min=10))
+    poll_seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0.01))
+    retry_base_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.01))
+    retry_max_delay_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.01))
+    retry_horizon_seconds = fields.Float(load_default=259200.0, validate=validate.Range(min=1))
+
+
+class _ServerSchema(_Strict):
+    max_body_bytes = fields.Integer(load_default=1_048_576, validate=validate.Range(min=1024))
+
+
+class _ConfigSchema(_Strict):
+    convert = fields.Nested(_ConvertSchema, required=True)
+    goals = fields.Nested(_GoalsSchema, required=True)
+    sources = fields.Dict(
+        keys=fields.String(
+            validate=validate.Regexp(
+                r"^[A-Za-z0-9_-]{1,64}$",
+                error="use letters, digits, - and _ only (it is a URL part)",
+            )
+        ),
+        values=fields.Nested(_SourceSchema),
+        required=True,
+        validate=validate.Length(min=1, error="needs at least one source"),
+    )
+    database = fields.Nested(_DatabaseSchema, load_default=lambda: _defaults(_DatabaseSchema))
+    dispatcher = fields.Nested(_DispatcherSchema, load_default=lambda: _defaults(_DispatcherSchema))
+    server = fields.Nested(_ServerSchema, load_default=lambda: _defaults(_ServerSchema))
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, expand and validate the config file (default: $CONVERT_WEBHOOKS_CONFIG)."""
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError({CONFIG_ENV: "not set: point it at your TOML config file"})
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError({str(path): f"cannot read: {exc.strerror}"}) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError({str(path): f"not valid TOML: {exc}"}) from exc
+    return settings_from_mapping(document, env)
+
+
+def settings_from_mapping(document: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    problems: dict[str, str] = {}
+    expanded = _expand(document, env, "", problems)
+    try:
+        data = _ConfigSchema().load(expanded)
+    except ValidationError as exc:
+        # A missing ${VAR} explains a value better than the validation it then fails.
+        problems = {**_flatten(exc.messages), **problems}
+        data = None
+    if problems or data is None:
+        raise ConfigError(problems)
+    return _build(data, env)
+
+
+def _expand(value: Any, env: Mapping[str, str], key: str, problems: dict[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems[key] = f"environment variable {name} is not set"
+            return ""
+
+        return _VAR.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{key}.{k}" if key else k, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(messages, list):
+        if all(isinstance(m, str) for m in messages):
+            return {prefix or "(root)": " ".join(messages)}
+        out: dict[str, str] = {}
+        for item in messages:
+            out.update(_flatten(item, prefix))
+        return out
+    if not isinstance(messages, dict):
+        return {prefix or "(root)": str(messages)}
+    out = {}
+    for key, value in messages.items():
+        if key == "key" and isinstance(value, list):  # marshmallow's message for a bad dict key
+            out[f"{prefix} (name)"] = " ".join(map(str, value))
+            continue
+        if key == "value" and isinstance(value, dict):
+            out.update(_flatten(value, prefix))
+            continue
+        name = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}" if prefix else key
+        out.update(_flatten(value, str(name)))
+    return out
+
+
+def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    convert = data["convert"]
+    goals = {
+        EventKind(kind): GoalSet(tuple(g["conversion"]), tuple(g["transaction"]))
+        for kind, g in data["goals"].items()
+        if EventKind(kind) in SENDABLE_KINDS
+    }
+    sources = {
+        name: SourceSettings(
+            name=name,
+            platform=s["platform"],
+            secrets=tuple(s["secrets"]),
+            tolerance_seconds=s["tolerance_seconds"],
+            allow_test_events=s["allow_test_events"],
+            experiments_key=s["experiments_key"],
+            revenue=s["revenue"],
+        )
+        for name, s in data["sources"].items()
+    }
+    d = data["dispatcher"]
+    return Settings(
+        convert=ConvertSettings(
+            account_id=convert["account_id"],
+            project_id=convert["project_id"],
+            endpoint=convert["endpoint"],
+            dry_run=convert["dry_run"],
+            connect_timeout=convert["connect_timeout_seconds"],
+            read_timeout=convert["read_timeout_seconds"],
+        ),
+        goals=goals,
+        sources=sources,
+        database_url=env.get(DATABASE_ENV) or data["database"]["url"],
+        busy_timeout_ms=data["database"]["busy_timeout_ms"],
+        max_body_bytes=data["server"]["max_body_bytes"],
+        dispatcher=DispatcherSettings(
+            enabled=d["enabled"],
+            batch_size=d["batch_size"],
+            lease_seconds=d["lease_seconds"],
+            poll_seconds=d["poll_seconds"],
+            retry_base_seconds=d["retry_base_seconds"],
+            retry_max_delay_seconds=d["retry_max_delay_seconds"],
+            retry_horizon_seconds=d["retry_horizon_seconds"],
+        ),
+    )

@@ -1,0 +1,178 @@
+"""The dispatcher: claims due events, attributes them, sends the Convert requests and records
+what happened. Runs as a thread in every gunicorn worker (woken at once by the request that
+stored an event, so the happy path does not wait for a poll) or as its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, Row
+from sqlalchemy.exc import SQLAlchemyError
+
+from webhooks import queue, reasons
+from webhooks.attribution import from_attributes
+from webhooks.clock import Clock
+from webhooks.config import Settings
+from webhooks.convert import ConvertRequest, build_requests
+from webhooks.events import EventKind
+from webhooks.queue import Finish
+from webhooks.retry import RetryPolicy
+from webhooks.sender import Sender, SendResult
+
+log = logging.getLogger(__name__)
+DEFAULT_EXPERIMENTS_KEY = "convert_experiments"
+SEND_CONCURRENCY = 8
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, settings: Settings, sender: Sender, clock: Clock) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.sender = sender
+        self.clock = clock
+        self.policy = RetryPolicy.from_settings(settings.dispatcher)
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(SEND_CONCURRENCY, thread_name_prefix="convert-send")
+
+    # -- running ---------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run_forever, name="dispatcher", daemon=True)
+            self._thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the loop to end after the current round (safe from a signal handler)."""
+        self._stop.set()
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._pool.shutdown(wait=True)
+
+    def run_forever(self) -> None:
+        log.info("dispatcher %s started", self.owner)
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except SQLAlchemyError as exc:
+                # The database is down or locked: keep the events where they are and retry.
+                log.warning("dispatcher: database unavailable (%s); will retry", type(exc).__name__)
+                busy = 0
+            if not busy:
+                self._wake.wait(self.settings.dispatcher.poll_seconds)
+                self._wake.clear()
+
+    def drain(self, max_rounds: int = 1000) -> int:
+        """Run rounds until nothing is due; the number of events handled."""
+        total = 0
+        for _ in range(max_rounds):
+            handled = self.run_once()
+            if not handled:
+                break
+            total += handled
+        return total
+
+    # -- one round -------------------------------------------------------------------------
+    def run_once(self) -> int:
+        d = self.settings.dispatcher
+        rows = queue.claim_due(
+            self.engine, self.owner, self.clock.now(), d.batch_size, d.lease_seconds
+        )
+        if not rows:
+            return 0
+        finishes: list[tuple[Row[Any], Finish]] = []
+        plan: list[tuple[int, Sequence[ConvertRequest]]] = []
+        planned: list[Row[Any]] = []
+        for row in rows:
+            decision = self._plan(row)
+            if isinstance(decision, Finish):
+                finishes.append((row, decision))
+            else:
+                plan.append((row.id, decision))
+                planned.append(row)
+        pending = queue.prepare_sends(self.engine, plan)
+        results = list(self._pool.map(self._send, pending))
+        queue.record_results(self.engine, results, self.clock.now())
+        states = queue.send_states(self.engine, [row.id for row in planned])
+        now = self.clock.now()
+        finishes += [(row, self._conclude(row, states[row.id], now)) for row in planned]
+        queue.finish(self.engine, self.owner, now, finishes)
+        return len(rows)
+
+    def _send(self, send: Row[Any]) -> tuple[Row[Any], SendResult]:
+        return send, self.sender.get(send.url)
+
+    def _plan(self, row: Row[Any]) -> Finish | list[ConvertRequest]:
+        source = self.settings.sources.get(row.source)
+        key = source.experiments_key if source else DEFAULT_EXPERIMENTS_KEY
+        attribution = from_attributes(json.loads(row.attributes), key)
+        if not attribution.pairs:
+            return Finish(
+                "skipped",
+                attribution.reason_code,
+                attribution.reason,
+                only_if_revision=row.revision,
+            )
+        goals = self.settings.goals.get(EventKind(row.kind))
+        if goals is None or not (goals.conversion or goals.transaction):
+            return Finish(
+                "skipped", reasons.NO_GOALS, f"no Convert goals configured for {row.kind}"
+            )
+        return build_requests(
+            self.settings.convert,
+            goals,
+            attribution.pairs,
+            row.order_id,
+            Decimal(row.amount),
+            row.item_count,
+        )
+
+    def _conclude(self, row: Row[Any], sends: Sequence[Row[Any]], now: float) -> Finish:
+        states = {send.state for send in sends}
+        if states <= {"dry_run"}:
+            return Finish(
+                "dry_run", reasons.DRY_RUN, "dry run: Convert URLs logged, not sent", attempted=True
+            )
+        if states <= {"sent", "dry_run"}:
+            return Finish("sent", None, None, attempted=True)
+        if "pending" in states:
+            last = next(s for s in sends if s.state == "pending").last_error
+            at = self.policy.next_attempt(now, row.attempts + 1, row.horizon_start)
+            if at is None:
+                return Finish(
+                    "dead",
+                    reasons.RETRIES_EXHAUSTED,
+                    f"gave up after {row.attempts + 1} attempts; last error: {last}",
+                    attempted=True,
+                )
+            return Finish(
+                "pending",
+                reasons.RETRYING,
+                f"will retry; last error: {last}",
+                next_attempt_at=at,
+                attempted=True,
+            )
+        dead = next(s for s in sends if s.state == "dead")
+        return Finish(
+            "dead",
+            reasons.CONVERT_REJECTED,
+            f"Convert answered {dead.last_error} for pair {dead.pair}",
+            attempted=True,
+        )

@@ -1,0 +1,41 @@
+"""The one error hierarchy of the service.
+
+Each error that can reach a client carries the HTTP status it maps to, so the routes never
+guess: a signature problem is 401, a body the platform would not send is 400, storage that
+cannot be written is 503 (the platform retries), never a 500.
+"""
+
+from __future__ import annotations
+
+
+class ConvertWebhooksError(Exception):
+    """Root of every error this service raises on purpose."""
+
+    http_status = 500
+
+
+class ConfigError(ConvertWebhooksError):
+    """The configuration is missing, unreadable or invalid; `problems` names each bad key."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = problems
+        lines = [f"{key}: {message}" for key, message in sorted(problems.items())]
+        super().__init__("invalid configuration:\n  " + "\n  ".join(lines))
+
+
+class SignatureError(ConvertWebhooksError):
+    """The request is not signed by the platform with a secret we hold."""
+
+    http_status = 401
+
+
+class PayloadError(ConvertWebhooksError):
+    """The (correctly signed) body is not something the platform sends."""
+
+    http_status = 400
+
+
+class StorageError(ConvertWebhooksError):
+    """The database could not be read or written; the caller should retry later."""
+
+    http_status = 503

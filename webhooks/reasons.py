@@ -1,0 +1,15 @@
+"""Reason codes: the machine-readable cause of an event's state (the text says it for people)."""
+
+TEST_MODE = "test_mode"
+NOT_SENT_KIND = "not_sent_kind"
+NO_GOALS = "no_goals"
+NO_EXPERIMENT_DATA = "no_experiment_data"
+MALFORMED_EXPERIMENT_DATA = "malformed_experiment_data"
+CONVERT_REJECTED = "convert_rejected"
+RETRIES_EXHAUSTED = "retries_exhausted"
+RETRYING = "retrying"
+DRY_RUN = "dry_run"
+
+# An event skipped for one of these is woken again when a later delivery of the same
+# purchase brings the experiment data (e.g. payment_intent.succeeded before the session).
+WAITING_FOR_PAIRS = frozenset({NO_EXPERIMENT_DATA, MALFORMED_EXPERIMENT_DATA})

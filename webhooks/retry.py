@@ -1,0 +1,35 @@
+"""Retry schedule: exponential backoff with jitter, up to a horizon."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from webhooks.config import DispatcherSettings
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float
+    max_delay_seconds: float
+    horizon_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: DispatcherSettings) -> RetryPolicy:
+        return cls(
+            settings.retry_base_seconds,
+            settings.retry_max_delay_seconds,
+            settings.retry_horizon_seconds,
+        )
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Seconds before the next try after `attempts` failed tries (equal jitter: half fixed,
+        half random, so workers retrying together spread out but never retry at once)."""
+        ceiling = min(self.max_delay_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
+        uniform = rng.uniform if rng else random.uniform
+        return float(ceiling / 2 + uniform(0, ceiling / 2))
+
+    def next_attempt(self, now: float, attempts: int, horizon_start: float) -> float | None:
+        """When to try again, or None once the horizon is passed (the event is then dead)."""
+        at = now + self.delay(attempts)
+        return at if at <= horizon_start + self.horizon_seconds else None

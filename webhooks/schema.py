@@ -1,0 +1,120 @@
+"""Database tables (SQLAlchemy Core). Times are Unix seconds (float) on every backend.
+
+Idempotency lives here as unique constraints, not in memory:
+- delivery level: (source, delivery_key), the platform's id of the webhook event;
+- business level: (project_id, platform, order_id, kind), so two topics describing one
+  purchase count once;
+- one Convert request per (event, experiment pair), so a retry after partial success resends
+  only what did not succeed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("platform", String(32), nullable=False),
+    Column("delivery_key", String(255), nullable=False),
+    Column("topic", String(128), nullable=False),
+    # accepted | duplicate | ignored | rejected
+    Column("status", String(16), nullable=False),
+    Column("reason", Text),
+    Column("received_at", Float, nullable=False),
+    Column("headers", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("redacted", Boolean, nullable=False, default=False),
+    UniqueConstraint("source", "delivery_key", name="uq_delivery"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id"), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("platform", String(32), nullable=False),
+    Column("project_id", String(32), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("order_id", String(255), nullable=False),
+    Column("refund_of", String(255)),
+    Column("amount", String(40), nullable=False),  # Decimal as text: exact on every backend
+    Column("currency", String(3), nullable=False),
+    Column("item_count", Integer, nullable=False),
+    Column("customer_id", String(255)),
+    Column("email_digest", String(64)),
+    Column("attributes", Text, nullable=False),  # JSON object of the order's string metadata
+    Column("test_mode", Boolean, nullable=False),
+    Column("occurred_at", Float, nullable=False),
+    # pending | sent | dry_run | skipped | dead
+    Column("state", String(16), nullable=False),
+    Column("reason_code", String(32)),  # machine-readable cause of the state, see store.py
+    Column("reason", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("revision", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("horizon_start", Float, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("project_id", "platform", "order_id", "kind", name="uq_business"),
+)
+Index("ix_events_due", events.c.state, events.c.next_attempt_at)
+Index("ix_events_customer", events.c.platform, events.c.customer_id)
+
+sends = Table(
+    "sends",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", Id, ForeignKey("events.id"), nullable=False),
+    Column("pair", String(64), nullable=False),  # "experiment-variation"
+    Column("url", Text, nullable=False),
+    # pending | sent | dry_run | dead
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("sent_at", Float),
+    UniqueConstraint("event_id", "pair", name="uq_send"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("send_id", Id, ForeignKey("sends.id"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),  # sent | retry | permanent | dry_run
+    Column("status_code", Integer),
+    Column("detail", Text),
+)
+Index("ix_attempts_send", attempts.c.send_id)

@@ -1,0 +1,39 @@
+"""What the service says when it starts: where to point the platforms, and whether it sends."""
+
+from __future__ import annotations
+
+import logging
+
+from webhooks.config import load_settings
+from webhooks.convert import endpoint_for
+from webhooks.database import make_engine, migrate
+from webhooks.logs import configure_logging
+
+log = logging.getLogger("webhooks.startup")
+
+
+def announce(bind: str) -> None:
+    """Validate the config, migrate the database once, and list the webhook URLs."""
+    configure_logging()
+    settings = load_settings()
+    engine = make_engine(settings.database_url, settings.busy_timeout_ms)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    host = bind if "://" in bind else f"http://{bind}"
+    log.info("database: %s", _safe_url(settings.database_url))
+    for name, source in settings.sources.items():
+        log.info(
+            "webhook URL for source '%s' (%s): %s/webhooks/%s", name, source.platform, host, name
+        )
+    if settings.convert.dry_run:
+        log.info("DRY RUN: Convert requests are logged ('dry run: would GET ...'), not sent")
+    else:
+        log.info("sending Convert requests to %s", endpoint_for(settings.convert))
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
