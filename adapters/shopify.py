@@ -120,7 +120,8 @@ def _refund_created(key: str, topic: str, refund: dict[str, Any]) -> ParseResult
         if transaction.get("status") not in (None, "success"):
             continue
         total += from_decimal_string(transaction.get("amount"), "transactions[].amount")
-        currency = _currency(transaction.get("currency"), "transactions[].currency")
+        if transaction.get("currency") is not None:  # null in Shopify's own sample
+            currency = _currency(transaction["currency"], "transactions[].currency")
     event = NormalizedEvent(
         kind=EventKind.REFUND,
         platform=platform,
