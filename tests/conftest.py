@@ -139,23 +139,39 @@ class Service:
     def settings(self) -> Settings:
         return self.runtime.settings
 
-    def post_stripe(self, event: dict[str, Any], source: str = "stripe",
-                    secret: str = STRIPE_SECRET, timestamp: int | None = None,
-                    raw: bytes | None = None) -> Any:
+    def post_stripe(
+        self,
+        event: dict[str, Any],
+        source: str = "stripe",
+        secret: str = STRIPE_SECRET,
+        timestamp: int | None = None,
+        raw: bytes | None = None,
+    ) -> Any:
         data = raw if raw is not None else body(event)
         t = int(self.clock.now()) if timestamp is None else timestamp
         header = stripe_signature_header(data, secret, t)
-        return self.client.post(f"/webhooks/{source}", data=data,
-                                headers={"Stripe-Signature": header,
-                                         "Content-Type": "application/json"})
+        return self.client.post(
+            f"/webhooks/{source}",
+            data=data,
+            headers={"Stripe-Signature": header, "Content-Type": "application/json"},
+        )
 
-    def post_shopify(self, topic: str, payload: dict[str, Any], event_id: str | None = None,
-                     source: str = "shop", secret: str = SHOPIFY_SECRET) -> Any:
+    def post_shopify(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        event_id: str | None = None,
+        source: str = "shop",
+        secret: str = SHOPIFY_SECRET,
+    ) -> Any:
         data = body(payload)
-        headers = {"X-Shopify-Topic": topic, "X-Shopify-Hmac-Sha256": shopify_hmac(data, secret),
-                   "X-Shopify-Shop-Domain": "example.myshopify.com",
-                   "X-Shopify-Webhook-Id": str(uuid.uuid4()),
-                   "Content-Type": "application/json"}
+        headers = {
+            "X-Shopify-Topic": topic,
+            "X-Shopify-Hmac-Sha256": shopify_hmac(data, secret),
+            "X-Shopify-Shop-Domain": "example.myshopify.com",
+            "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+            "Content-Type": "application/json",
+        }
         if event_id:
             headers["X-Shopify-Event-Id"] = event_id
         return self.client.post(f"/webhooks/{source}", data=data, headers=headers)

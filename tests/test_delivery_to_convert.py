@@ -45,8 +45,9 @@ def test_checkout_session_completed_sends_exact_urls_one_per_pair(
     assert state_of(any_db_service, pi).state == "sent"
 
 
-def test_shopify_orders_paid_sends_exact_url(any_db_service: Service,
-                                             recorder: ConvertRecorder) -> None:
+def test_shopify_orders_paid_sends_exact_url(
+    any_db_service: Service, recorder: ConvertRecorder
+) -> None:
     order = shopify_order(note_attributes=experiments("100-200"), test=False)
     any_db_service.post_shopify("orders/paid", order, event_id="1")
     any_db_service.drain()
@@ -68,8 +69,9 @@ def test_first_subscription_invoice_after_its_checkout_session_counts_once(
 ) -> None:
     invoice_event = live("invoice_paid_pre_basil", pairs=None)
     sub = invoice_event["data"]["object"]["subscription"]
-    session = live("checkout_session_completed", mode="subscription", subscription=sub,
-                   payment_intent=None)
+    session = live(
+        "checkout_session_completed", mode="subscription", subscription=sub, payment_intent=None
+    )
     service.post_stripe(session)
     assert service.post_stripe(invoice_event).json["status"] == "duplicate"
     service.drain()
@@ -112,8 +114,9 @@ def test_payment_intent_first_without_pairs_then_session_with_pairs_sends_once(
     assert state_of(service, pi_id).state == "sent"
 
 
-def test_async_payment_completes_a_delayed_session(service: Service,
-                                                   recorder: ConvertRecorder) -> None:
+def test_async_payment_completes_a_delayed_session(
+    service: Service, recorder: ConvertRecorder
+) -> None:
     unpaid = live("checkout_session_completed", payment_status="unpaid")
     assert service.post_stripe(unpaid).json["status"] == "ignored"
     paid = live("checkout_session_async_payment_succeeded")
@@ -126,8 +129,9 @@ def test_async_payment_completes_a_delayed_session(service: Service,
 def test_orders_create_then_orders_paid_gives_one_transaction(
     any_db_service: Service, recorder: ConvertRecorder
 ) -> None:
-    order = shopify_order("orders_create", note_attributes=experiments("1-2"), test=False,
-                          financial_status="paid")
+    order = shopify_order(
+        "orders_create", note_attributes=experiments("1-2"), test=False, financial_status="paid"
+    )
     assert any_db_service.post_shopify("orders/create", order, "a").json["status"] == "accepted"
     paid = any_db_service.post_shopify("orders/paid", order, "b")
     assert paid.json["status"] == "duplicate"
@@ -147,24 +151,31 @@ def test_refunds_are_stored_not_sent(service: Service, recorder: ConvertRecorder
     assert [(r.kind, r.state, r.amount) for r in rows] == [("refund", "skipped", "1.00")] * 2
 
 
-def test_test_mode_is_stored_not_sent_unless_allowed(make_service: Any, sqlite_url: str,
-                                                     recorder: ConvertRecorder) -> None:
+def test_test_mode_is_stored_not_sent_unless_allowed(
+    make_service: Any, sqlite_url: str, recorder: ConvertRecorder
+) -> None:
     svc = make_service(sqlite_url)
     test_event = stripe_event("payment_intent_succeeded", metadata={"convert_experiments": "1-2"})
     svc.post_stripe(test_event)
     svc.drain()
     assert recorder.paths == []
     assert state_of(svc, test_event["data"]["object"]["id"]).reason_code == "test_mode"
-    sources = {"stripe": {"platform": "stripe", "secrets": ["whsec_test_secret_one"],
-                          "allow_test_events": True}}
+    sources = {
+        "stripe": {
+            "platform": "stripe",
+            "secrets": ["whsec_test_secret_one"],
+            "allow_test_events": True,
+        }
+    }
     allowing = make_service(sqlite_url.replace("webhooks.db", "allow.db"), sources=sources)
     allowing.post_stripe(test_event)
     allowing.drain()
     assert len(recorder.paths) == 1
 
 
-def test_no_experiment_data_is_skipped_with_reason(service: Service,
-                                                   recorder: ConvertRecorder) -> None:
+def test_no_experiment_data_is_skipped_with_reason(
+    service: Service, recorder: ConvertRecorder
+) -> None:
     service.post_stripe(live("payment_intent_succeeded", pairs=None))
     service.post_stripe(live("checkout_session_completed", pairs="abc-1, 2-x"))
     service.drain()
@@ -174,14 +185,16 @@ def test_no_experiment_data_is_skipped_with_reason(service: Service,
     assert reasons == ["malformed_experiment_data", "no_experiment_data"]
 
 
-def test_replaying_a_delivery_sends_nothing_new(service: Service,
-                                                recorder: ConvertRecorder) -> None:
+def test_replaying_a_delivery_sends_nothing_new(
+    service: Service, recorder: ConvertRecorder
+) -> None:
     from webhooks.replay import replay_delivery
 
     response = service.post_stripe(live("payment_intent_succeeded"))
     service.drain()
-    outcome = replay_delivery(service.runtime.engine, service.settings,
-                              response.json["delivery_id"], service.clock.now())
+    outcome = replay_delivery(
+        service.runtime.engine, service.settings, response.json["delivery_id"], service.clock.now()
+    )
     service.drain()
     assert outcome.status == "duplicate"
     assert len(recorder.paths) == 1
@@ -238,10 +251,12 @@ def test_4xx_from_convert_makes_a_dead_event_with_its_reason(
     assert len(recorder.requests) == 1
 
 
-def test_retries_stop_at_the_horizon(make_service: Any, sqlite_url: str,
-                                     recorder: ConvertRecorder) -> None:
-    svc = make_service(sqlite_url, dispatcher={"retry_horizon_seconds": 600,
-                                               "retry_base_seconds": 60})
+def test_retries_stop_at_the_horizon(
+    make_service: Any, sqlite_url: str, recorder: ConvertRecorder
+) -> None:
+    svc = make_service(
+        sqlite_url, dispatcher={"retry_horizon_seconds": 600, "retry_base_seconds": 60}
+    )
     recorder.default_status = 502
     svc.post_stripe(live("payment_intent_succeeded"))
     for _ in range(20):
@@ -254,9 +269,15 @@ def test_retries_stop_at_the_horizon(make_service: Any, sqlite_url: str,
 
 
 def test_network_error_is_retried(make_service: Any, sqlite_url: str) -> None:
-    svc = make_service(sqlite_url, convert={"account_id": "1111", "project_id": "2222",
-                                            "endpoint": "http://127.0.0.1:9/track/",
-                                            "connect_timeout_seconds": 0.5})
+    svc = make_service(
+        sqlite_url,
+        convert={
+            "account_id": "1111",
+            "project_id": "2222",
+            "endpoint": "http://127.0.0.1:9/track/",
+            "connect_timeout_seconds": 0.5,
+        },
+    )
     svc.post_stripe(live("payment_intent_succeeded"))
     svc.drain()
     order = live("payment_intent_succeeded")["data"]["object"]["id"]
@@ -265,11 +286,18 @@ def test_network_error_is_retried(make_service: Any, sqlite_url: str) -> None:
     assert "ConnectionError" in pending.reason
 
 
-def test_dry_run_logs_the_url_and_sends_nothing(make_service: Any, sqlite_url: str,
-                                                recorder: ConvertRecorder,
-                                                caplog: Any) -> None:
-    svc = make_service(sqlite_url, convert={"account_id": "1111", "project_id": "2222",
-                                            "endpoint": recorder.base_url, "dry_run": True})
+def test_dry_run_logs_the_url_and_sends_nothing(
+    make_service: Any, sqlite_url: str, recorder: ConvertRecorder, caplog: Any
+) -> None:
+    svc = make_service(
+        sqlite_url,
+        convert={
+            "account_id": "1111",
+            "project_id": "2222",
+            "endpoint": recorder.base_url,
+            "dry_run": True,
+        },
+    )
     caplog.set_level("INFO", logger="webhooks.sender")
     svc.post_stripe(live("payment_intent_succeeded"))
     svc.drain()

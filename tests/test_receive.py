@@ -40,11 +40,16 @@ def test_unknown_source_is_404_json(service: Service) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Stripe-Signature": "nonsense"}, {"Stripe-Signature": "t=1,v1=00"},
-     {"Stripe-Signature": "t=,v1="}],
+    [
+        {},
+        {"Stripe-Signature": "nonsense"},
+        {"Stripe-Signature": "t=1,v1=00"},
+        {"Stripe-Signature": "t=,v1="},
+    ],
 )
-def test_bad_stripe_signature_is_401_and_stores_nothing(service: Service,
-                                                         headers: dict[str, str]) -> None:
+def test_bad_stripe_signature_is_401_and_stores_nothing(
+    service: Service, headers: dict[str, str]
+) -> None:
     response = service.client.post("/webhooks/stripe", data=b"{}", headers=headers)
     assert response.status_code == 401
     assert "error" in response.json
@@ -59,15 +64,17 @@ def test_stale_stripe_timestamp_is_401(service: Service) -> None:
 
 
 def test_rotated_stripe_secret_still_verifies(service: Service) -> None:
-    response = service.post_stripe(stripe_event("payment_intent_succeeded"),
-                                   secret=STRIPE_OLD_SECRET)
+    response = service.post_stripe(
+        stripe_event("payment_intent_succeeded"), secret=STRIPE_OLD_SECRET
+    )
     assert response.status_code == 200
 
 
 def test_bad_shopify_hmac_is_401_even_for_compliance_topics(service: Service) -> None:
     for topic in ("orders/paid", "customers/redact", "shop/redact", "customers/data_request"):
-        response = service.post_shopify(topic, fixture("shopify", "customers_redact"),
-                                        secret="wrong")
+        response = service.post_shopify(
+            topic, fixture("shopify", "customers_redact"), secret="wrong"
+        )
         assert response.status_code == 401
     assert count(service, deliveries) == 0
 
@@ -96,8 +103,9 @@ def test_wrong_method_is_json_405(service: Service) -> None:
 
 
 def test_accepted_delivery_answers_with_its_events(service: Service) -> None:
-    event = stripe_event("payment_intent_succeeded", metadata={"convert_experiments": "1-2"},
-                         livemode=True)
+    event = stripe_event(
+        "payment_intent_succeeded", metadata={"convert_experiments": "1-2"}, livemode=True
+    )
     event["livemode"] = True
     response = service.post_stripe(event)
     assert response.status_code == 200
@@ -111,8 +119,11 @@ def test_same_delivery_twice_is_a_duplicate(service: Service) -> None:
     first = service.post_stripe(event)
     second = service.post_stripe(event)
     assert first.json["status"] == "accepted"
-    assert second.json == {"status": "duplicate", "delivery_id": first.json["delivery_id"],
-                           "reason": "delivery already received"}
+    assert second.json == {
+        "status": "duplicate",
+        "delivery_id": first.json["delivery_id"],
+        "reason": "delivery already received",
+    }
     assert count(service, deliveries) == 1
 
 
@@ -126,8 +137,7 @@ def test_ignored_topic_is_200_with_reason_and_stored(service: Service) -> None:
     assert count(service, events) == 0
 
 
-def test_storage_failure_is_503_and_the_platform_retries(service: Service,
-                                                          sqlite_url: str) -> None:
+def test_storage_failure_is_503_and_the_platform_retries(service: Service, sqlite_url: str) -> None:
     # Another process holds SQLite's write lock longer than our busy timeout.
     path = sqlite_url.removeprefix("sqlite:///")
     blocker = sqlite3.connect(path, isolation_level=None)
@@ -146,8 +156,10 @@ def test_storage_failure_is_503_and_the_platform_retries(service: Service,
 
 def test_customers_redact_erases_what_we_hold_about_the_customer(service: Service) -> None:
     redact = fixture("shopify", "customers_redact")
-    order = shopify_order(note_attributes=experiments("1-2"), customer={
-        "id": redact["customer"]["id"], "email": "buyer@example.com"})
+    order = shopify_order(
+        note_attributes=experiments("1-2"),
+        customer={"id": redact["customer"]["id"], "email": "buyer@example.com"},
+    )
     service.post_shopify("orders/paid", order, event_id="e1")
     other = shopify_order(id=5, customer={"id": 42, "email": "other@example.com"})
     service.post_shopify("orders/paid", other, event_id="e2")
@@ -166,8 +178,10 @@ def test_customers_redact_erases_what_we_hold_about_the_customer(service: Servic
 
 
 def test_shopify_data_request_and_shop_redact_answer_200(service: Service) -> None:
-    for topic, name in (("customers/data_request", "customers_data_request"),
-                        ("shop/redact", "shop_redact")):
+    for topic, name in (
+        ("customers/data_request", "customers_data_request"),
+        ("shop/redact", "shop_redact"),
+    ):
         response = service.post_shopify(topic, fixture("shopify", name))
         assert response.status_code == 200
         assert response.json["status"] == "ignored"
@@ -177,6 +191,7 @@ def test_signature_is_checked_on_raw_bytes_not_reserialized_json(service: Servic
     event = stripe_event("payment_intent_succeeded")
     raw = body(event).replace(b", ", b",   ")  # same JSON, other bytes
     header = stripe_signature_header(raw, "whsec_test_secret_one", int(service.clock.now()))
-    response = service.client.post("/webhooks/stripe", data=raw,
-                                   headers={"Stripe-Signature": header})
+    response = service.client.post(
+        "/webhooks/stripe", data=raw, headers={"Stripe-Signature": header}
+    )
     assert response.status_code == 200

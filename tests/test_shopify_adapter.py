@@ -25,12 +25,14 @@ def test_hmac_with_any_configured_secret_passes() -> None:
 
 @pytest.mark.parametrize(
     ("headers", "message"),
-    [({}, "missing"), ({"x-shopify-hmac-sha256": ""}, "missing"),
-     ({"x-shopify-hmac-sha256": "not base64 at all"}, "does not match"),
-     ({"x-shopify-hmac-sha256": shopify_hmac(RAW, "wrong")}, "does not match")],
+    [
+        ({}, "missing"),
+        ({"x-shopify-hmac-sha256": ""}, "missing"),
+        ({"x-shopify-hmac-sha256": "not base64 at all"}, "does not match"),
+        ({"x-shopify-hmac-sha256": shopify_hmac(RAW, "wrong")}, "does not match"),
+    ],
 )
-def test_missing_malformed_or_wrong_hmac_is_rejected(headers: dict[str, str],
-                                                       message: str) -> None:
+def test_missing_malformed_or_wrong_hmac_is_rejected(headers: dict[str, str], message: str) -> None:
     with pytest.raises(SignatureError, match=message):
         ADAPTER.verify(headers, RAW, SETTINGS, 0)
 
@@ -115,9 +117,13 @@ def test_delivery_key_falls_back_to_webhook_id() -> None:
 
 @pytest.mark.parametrize(
     ("topic", "raw"),
-    [(None, RAW), ("orders/paid", b"{"), ("orders/paid", b'{"id": "x"}'),
-     ("orders/paid", body(shopify_order(total_price="abc"))),
-     ("orders/paid", body(shopify_order(currency=None)))],
+    [
+        (None, RAW),
+        ("orders/paid", b"{"),
+        ("orders/paid", b'{"id": "x"}'),
+        ("orders/paid", body(shopify_order(total_price="abc"))),
+        ("orders/paid", body(shopify_order(currency=None))),
+    ],
 )
 def test_malformed_deliveries_raise_payload_error(topic: str | None, raw: bytes) -> None:
     headers = {"x-shopify-topic": topic} if topic else {}

@@ -47,8 +47,9 @@ def test_any_matching_v1_is_accepted_and_v0_is_ignored() -> None:
         (f"t={NOW},v1={'0' * 64}", "matches"),
     ],
 )
-def test_missing_or_malformed_or_wrong_signature_is_rejected(header: str | None,
-                                                              message: str) -> None:
+def test_missing_or_malformed_or_wrong_signature_is_rejected(
+    header: str | None, message: str
+) -> None:
     with pytest.raises(SignatureError, match=message):
         verify(header)
 
@@ -81,8 +82,7 @@ def parse(event: dict[str, object]):  # type: ignore[no-untyped-def]
 
 
 def test_checkout_session_completed_paid_is_a_purchase_keyed_by_payment_intent() -> None:
-    event = stripe_event("checkout_session_completed",
-                         metadata={"convert_experiments": "100-200"})
+    event = stripe_event("checkout_session_completed", metadata={"convert_experiments": "100-200"})
     result = parse(event)
     assert result.delivery_key == event["id"]
     assert result.topic == "checkout.session.completed"
@@ -121,8 +121,9 @@ def test_payment_intent_succeeded_is_a_purchase_with_its_own_id() -> None:
 
 def test_session_and_its_payment_intent_share_one_business_key() -> None:
     session = stripe_event("checkout_session_completed")
-    intent = stripe_event("payment_intent_succeeded",
-                          id=session["data"]["object"]["payment_intent"])
+    intent = stripe_event(
+        "payment_intent_succeeded", id=session["data"]["object"]["payment_intent"]
+    )
     assert parse(session).events[0].order_id == parse(intent).events[0].order_id
 
 
@@ -173,8 +174,14 @@ def test_refund_created_is_a_refund() -> None:
 
 @pytest.mark.parametrize(
     ("currency", "minor", "major"),
-    [("usd", 4999, "49.99"), ("jpy", 4999, "4999"), ("kwd", 12340, "12.340"),
-     ("isk", 50000, "500.00"), ("ugx", 50000, "500.00"), ("huf", 1050, "10.50")],
+    [
+        ("usd", 4999, "49.99"),
+        ("jpy", 4999, "4999"),
+        ("kwd", 12340, "12.340"),
+        ("isk", 50000, "500.00"),
+        ("ugx", 50000, "500.00"),
+        ("huf", 1050, "10.50"),
+    ],
 )
 def test_amounts_follow_stripe_currency_exponents(currency: str, minor: int, major: str) -> None:
     event = stripe_event("payment_intent_succeeded", currency=currency, amount_received=minor)
@@ -193,9 +200,14 @@ def test_unused_event_type_is_ignored_with_reason() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"not json", b"[]", b'{"id": "evt_1"}', b'{"id": "evt_1", "type": "payment_intent.succeeded",'
-     b' "created": 1, "data": {"object": {"id": "pi_1", "currency": "usd", "amount": 1.5}}}',
-     b'{"id": "evt_1", "type": "payment_intent.succeeded", "created": 1, "data": []}'],
+    [
+        b"not json",
+        b"[]",
+        b'{"id": "evt_1"}',
+        b'{"id": "evt_1", "type": "payment_intent.succeeded",'
+        b' "created": 1, "data": {"object": {"id": "pi_1", "currency": "usd", "amount": 1.5}}}',
+        b'{"id": "evt_1", "type": "payment_intent.succeeded", "created": 1, "data": []}',
+    ],
 )
 def test_malformed_bodies_raise_payload_error(raw: bytes) -> None:
     with pytest.raises(PayloadError):

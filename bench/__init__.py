@@ -1,0 +1,1 @@
+"""Load and latency benchmarks for convert-webhooks (see README.md)."""
