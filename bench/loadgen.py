@@ -164,8 +164,9 @@ def _child(
         pipe.send("ready")
         start: float = pipe.recv()
         cpu0 = _cpu()
-        result = _loop(address, requests, ids, start, concurrency, duration, rate, phase,
-                       give_up_after)
+        result = _loop(
+            address, requests, ids, start, concurrency, duration, rate, phase, give_up_after
+        )
         result.cpu_seconds = _cpu() - cpu0
         pipe.send(result)
     finally:

@@ -109,9 +109,10 @@ async def _main(pipe: Connection, delay: float, status: int) -> None:
     times: list[float] = []
     paths: list[bytes] = []
     body = b"{}"
-    reply = (
-        b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-        % (status, len(body), body)
+    reply = b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        status,
+        len(body),
+        body,
     )
     stopped = asyncio.Event()
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import NoReturn
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from adapters import REGISTRY
+from webhooks.config import SourceSettings
 from webhooks.errors import PayloadError
 from webhooks.runtime import Runtime
 from webhooks.store import Delivery, ingest, store_rejected
@@ -58,15 +60,7 @@ def receive(source_name: str) -> tuple[Response, int]:
     try:
         result = adapter.parse(headers, raw)
     except (PayloadError, *_PARSE_FAILURES) as exc:
-        reason = str(exc) if isinstance(exc, PayloadError) else f"unreadable payload ({exc!r})"
-        if not isinstance(exc, PayloadError):
-            log.exception("source=%s: payload mapping failed", source_name)
-        key = f"rejected:sha256:{hashlib.sha256(raw).hexdigest()}"
-        rt.ensure_schema()
-        store_rejected(
-            rt.engine, source, headers, raw, key, headers.get("x-shopify-topic", ""), reason, now
-        )
-        raise PayloadError(reason) from exc
+        _keep_rejected(rt, source, headers, raw, exc, now)
     rt.ensure_schema()
     delivery = Delivery(
         source, rt.settings.convert.project_id, rt.settings.goals, headers, raw, result
@@ -83,3 +77,24 @@ def receive(source_name: str) -> tuple[Response, int]:
         len(outcome.events),
     )
     return jsonify(outcome.as_json()), 200
+
+
+def _keep_rejected(
+    rt: Runtime,
+    source: SourceSettings,
+    headers: dict[str, str],
+    raw: bytes,
+    exc: Exception,
+    now: float,
+) -> NoReturn:
+    """Store a signed body we cannot read (nothing is lost; `replay` can run it after a fix),
+    then answer 400."""
+    if isinstance(exc, PayloadError):
+        reason = str(exc)
+    else:
+        log.exception("source=%s: payload mapping failed", source.name)
+        reason = f"unreadable payload ({type(exc).__name__})"
+    key = f"rejected:sha256:{hashlib.sha256(raw).hexdigest()}"
+    rt.ensure_schema()
+    store_rejected(rt.engine, source, headers, raw, key, "(unreadable)", reason, now)
+    raise PayloadError(reason) from exc
