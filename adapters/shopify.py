@@ -114,7 +114,7 @@ def _presentment_total(order: Mapping[str, Any]) -> Money | None:
 def _refund_created(key: str, topic: str, refund: dict[str, Any]) -> ParseResult:
     total = Decimal(0)
     currency = NO_CURRENCY
-    for transaction in refund.get("transactions") or []:
+    for transaction in _list(refund.get("transactions")):
         if not isinstance(transaction, dict) or transaction.get("kind") != "refund":
             continue
         if transaction.get("status") not in (None, "success"):
@@ -138,7 +138,7 @@ def _refund_created(key: str, topic: str, refund: dict[str, Any]) -> ParseResult
 
 def _customers_redact(key: str, topic: str, body: dict[str, Any]) -> ParseResult:
     customer = _object(body.get("customer"))
-    orders = body.get("orders_to_redact") or []
+    orders = _list(body.get("orders_to_redact"))
     order_ids = tuple(str(o) for o in orders if isinstance(o, int) and not isinstance(o, bool))
     redaction = CustomerRedaction(customer_id=optional_str(customer, "id"), order_ids=order_ids)
     return ParseResult(key, topic, reason="customer data erased", redaction=redaction)
@@ -157,6 +157,10 @@ def _data_request(key: str, topic: str, body: dict[str, Any]) -> ParseResult:
 
 def _object(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _item_count(line_items: object) -> int:

@@ -117,7 +117,7 @@ def _money(obj: Mapping[str, Any], amount_key: str) -> Money:
 def _checkout_session(session: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
     status = session.get("payment_status")
     if status not in PAID_SESSION_STATUSES:
-        return f"checkout session payment_status is {status!r}, not paid yet"
+        return f"checkout session payment_status is {status!r}; only a paid session counts"
     mode = session.get("mode")
     if mode == "subscription":
         order_id = optional_str(session, "subscription") or get_str(session, "id")

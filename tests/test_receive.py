@@ -132,7 +132,7 @@ def test_ignored_topic_is_200_with_reason_and_stored(service: Service) -> None:
     response = service.post_stripe(unpaid)
     assert response.status_code == 200
     assert response.json["status"] == "ignored"
-    assert "not paid" in response.json["reason"]
+    assert "only a paid session counts" in response.json["reason"]
     assert count(service, deliveries) == 1
     assert count(service, events) == 0
 

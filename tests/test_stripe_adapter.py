@@ -99,7 +99,7 @@ def test_checkout_session_completed_paid_is_a_purchase_keyed_by_payment_intent()
 def test_unpaid_checkout_session_is_ignored_until_async_payment_succeeds() -> None:
     unpaid = parse(stripe_event("checkout_session_completed", payment_status="unpaid"))
     assert unpaid.events == ()
-    assert "not paid" in (unpaid.reason or "")
+    assert "only a paid session counts" in (unpaid.reason or "")
     later = parse(stripe_event("checkout_session_async_payment_succeeded", event_id="evt_later"))
     assert later.events[0].kind is EventKind.PURCHASE
     assert later.events[0].order_id == unpaid_session_intent()

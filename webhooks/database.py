@@ -25,7 +25,10 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
         return _sqlite_engine(url, busy_timeout_ms)
     if parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # A bounded connect timeout: /readyz and the request path must answer, not hang.
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5}
+    )
 
 
 def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import traceback
 from typing import NoReturn
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -92,7 +93,15 @@ def _keep_rejected(
     if isinstance(exc, PayloadError):
         reason = str(exc)
     else:
-        log.exception("source=%s: payload mapping failed", source.name)
+        # Type and place only: the message could quote the payload (personal data).
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error(
+            "source=%s: payload mapping failed: %s at %s:%s",
+            source.name,
+            type(exc).__name__,
+            frame.filename,
+            frame.lineno,
+        )
         reason = f"unreadable payload ({type(exc).__name__})"
     key = f"rejected:sha256:{hashlib.sha256(raw).hexdigest()}"
     rt.ensure_schema()
