@@ -61,7 +61,7 @@ def test_stripe_objects_with_wrong_types_never_500(
 
 @pytest.mark.parametrize(("name", "topic"), SHOPIFY)
 def test_shopify_payloads_with_wrong_types_never_500(
-    service: Service, name: str, topic: str
+    service: Service, name: str, topic: str, caplog: Any
 ) -> None:
     rng = random.Random(name)
     statuses = {
