@@ -17,7 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from webhooks.config import GoalSet, SourceSettings
 from webhooks.errors import StorageError
-from webhooks.events import SENDABLE_KINDS, CustomerRedaction, NormalizedEvent, ParseResult
+from webhooks.events import (
+    SENDABLE_KINDS,
+    CustomerRedaction,
+    EventKind,
+    NormalizedEvent,
+    ParseResult,
+)
 from webhooks.reasons import NO_GOALS, NOT_SENT_KIND, TEST_MODE, WAITING_FOR_PAIRS
 from webhooks.schema import deliveries, events
 
@@ -50,7 +56,7 @@ class Delivery:
 
     source: SourceSettings
     project_id: str
-    goals: Mapping[Any, GoalSet]
+    goals: Mapping[EventKind, GoalSet]
     headers: Mapping[str, str]
     body: bytes
     result: ParseResult
