@@ -6,13 +6,13 @@ DO NOTHING so a duplicate is an ordinary outcome, never an exception and never a
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, Table, TextClause, and_, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from webhooks.config import GoalSet, SourceSettings
@@ -66,14 +66,23 @@ def insert_ignore(
     conn: Connection, table: Table, values: Mapping[str, Any], keys: list[str]
 ) -> int | None:
     """Insert a row unless it collides on `keys`; the new id, or None for a duplicate."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = (
-        dialect.insert(table)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=keys)
-        .returning(table.c.id)
+    statement = _insert_ignore_statement(table, tuple(values), tuple(keys))
+    return conn.execute(statement, dict(values)).scalar()
+
+
+@functools.cache
+def _insert_ignore_statement(
+    table: Table, columns: tuple[str, ...], keys: tuple[str, ...]
+) -> TextClause:
+    # Plain SQL that SQLite (3.35+) and PostgreSQL both speak. SQLAlchemy's dialect inserts
+    # with on_conflict_do_nothing() are never cached, so each request would compile one:
+    # most of the request's CPU time. A text() statement is compiled once.
+    names = ", ".join(columns)
+    params = ", ".join(f":{c}" for c in columns)
+    return text(
+        f"INSERT INTO {table.name} ({names}) VALUES ({params}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO NOTHING RETURNING id"
     )
-    return conn.execute(stmt).scalar()
 
 
 def ingest(engine: Engine, delivery: Delivery, now: float) -> IngestOutcome:
@@ -133,35 +142,40 @@ def _delivery_row(
 def _ingest(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
     result = d.result
     row = _delivery_row(d.source, d.headers, d.body, result.delivery_key, result.topic, now)
+    # The common outcome is written with the row; _store_events corrects it when it differs.
+    status = "accepted" if result.events else "ignored"
     delivery_id = insert_ignore(
-        conn, deliveries, row | {"status": "accepted"}, ["source", "delivery_key"]
+        conn, deliveries, row | {"status": status, "reason": None}, ["source", "delivery_key"]
     )
     if delivery_id is None:
         return IngestOutcome("duplicate", "delivery already received", _existing_delivery(conn, d))
-    return _store_events(conn, d, delivery_id, now)
+    return _store_events(conn, d, delivery_id, now, written_status=status)
 
 
 def store_events(engine: Engine, delivery: Delivery, delivery_id: int, now: float) -> IngestOutcome:
     """Store the events of an already stored delivery (a replay); same rules as ingest."""
     try:
         with engine.begin() as conn:
-            return _store_events(conn, delivery, delivery_id, now)
+            return _store_events(conn, delivery, delivery_id, now, written_status=None)
     except SQLAlchemyError as exc:
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
 
 
-def _store_events(conn: Connection, d: Delivery, delivery_id: int, now: float) -> IngestOutcome:
+def _store_events(
+    conn: Connection, d: Delivery, delivery_id: int, now: float, written_status: str | None
+) -> IngestOutcome:
     result = d.result
     stored = [_store_event(conn, d, delivery_id, event, now) for event in result.events]
     if result.redaction:
         redact(conn, d.source.name, d.source.platform, result.redaction)
         _strip_body(conn, deliveries.c.id == delivery_id)
     status, reason = _delivery_status(result, stored)
-    conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == delivery_id)
-        .values(status=status, reason=reason)
-    )
+    if status != written_status or reason:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == delivery_id)
+            .values(status=status, reason=reason)
+        )
     return IngestOutcome(status, reason, delivery_id, stored)
 
 
