@@ -42,7 +42,8 @@ def test_a_held_lease_blocks_others_until_it_expires(
     rt = any_db_service.runtime
     now = rt.clock.now()
     lease = rt.settings.dispatcher.lease_seconds
-    assert len(claim_due(rt.engine, "crashed-worker", now, 10, lease)) == 1
+    with rt.engine.begin() as conn:
+        assert len(claim_due(conn, "crashed-worker", now, 10, lease)) == 1
     assert any_db_service.drain() == 0  # leased by someone else
     any_db_service.clock.advance(lease + 1)
     assert any_db_service.drain() == 1

@@ -91,29 +91,29 @@ class Dispatcher:
 
     # -- one round -------------------------------------------------------------------------
     def run_once(self) -> int:
+        """One round in two short transactions around the sends: claim and plan, then record.
+        The sends happen outside any transaction, so the database lock is never held across
+        the network."""
         d = self.settings.dispatcher
-        rows = queue.claim_due(
-            self.engine, self.owner, self.clock.now(), d.batch_size, d.lease_seconds
-        )
-        if not rows:
-            return 0
-        finishes: list[tuple[Row[Any], Finish]] = []
-        plan: list[tuple[int, Sequence[ConvertRequest]]] = []
-        planned: list[Row[Any]] = []
-        for row in rows:
-            decision = self._plan(row)
-            if isinstance(decision, Finish):
-                finishes.append((row, decision))
-            else:
-                plan.append((row.id, decision))
-                planned.append(row)
-        pending = queue.prepare_sends(self.engine, plan)
+        with self.engine.begin() as conn:
+            rows = queue.claim_due(
+                conn, self.owner, self.clock.now(), d.batch_size, d.lease_seconds
+            )
+            if not rows:
+                return 0
+            decisions = [(row, self._plan(row)) for row in rows]
+            plan = [(row.id, dec) for row, dec in decisions if not isinstance(dec, Finish)]
+            pending = queue.prepare_sends(conn, plan)
         results = list(self._pool.map(self._send, pending))
-        queue.record_results(self.engine, results, self.clock.now())
-        states = queue.send_states(self.engine, [row.id for row in planned])
-        now = self.clock.now()
-        finishes += [(row, self._conclude(row, states[row.id], now)) for row in planned]
-        queue.finish(self.engine, self.owner, now, finishes)
+        with self.engine.begin() as conn:
+            now = self.clock.now()
+            queue.record_results(conn, results, now)
+            states = queue.send_states(conn, [event_id for event_id, _ in plan])
+            finishes = [
+                (row, dec if isinstance(dec, Finish) else self._conclude(row, states[row.id], now))
+                for row, dec in decisions
+            ]
+            queue.finish(conn, self.owner, now, finishes)
         return len(rows)
 
     def _send(self, send: Row[Any]) -> tuple[Row[Any], SendResult]:

@@ -3,6 +3,7 @@
 A claim sets a lease owner and expiry in one statement (PostgreSQL: FOR UPDATE SKIP LOCKED;
 SQLite: the write lock of BEGIN IMMEDIATE), so several workers never take the same event. A
 worker that dies leaves a lease that simply expires; its events are claimed again.
+Functions take a Connection: the dispatcher groups them into two transactions per round.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, insert, or_, select, update
 
 from webhooks.convert import ConvertRequest
-from webhooks.database import is_postgres
 from webhooks.schema import attempts, events, sends
 from webhooks.sender import Outcome, SendResult
 from webhooks.store import insert_ignore
@@ -33,7 +33,7 @@ class Finish:
 
 
 def claim_due(
-    engine: Engine, owner: str, now: float, limit: int, lease_seconds: int
+    conn: Connection, owner: str, now: float, limit: int, lease_seconds: int
 ) -> list[Row[Any]]:
     due = (
         select(events.c.id)
@@ -45,7 +45,7 @@ def claim_due(
         .order_by(events.c.next_attempt_at)
         .limit(limit)
     )
-    if is_postgres(engine):
+    if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     stmt = (
         update(events)
@@ -53,31 +53,29 @@ def claim_due(
         .values(lease_owner=owner, lease_until=now + lease_seconds)
         .returning(*events.c)
     )
-    with engine.begin() as conn:
-        return list(conn.execute(stmt).all())
+    return list(conn.execute(stmt).all())
 
 
 def prepare_sends(
-    engine: Engine, plan: Iterable[tuple[int, Sequence[ConvertRequest]]]
+    conn: Connection, plan: Iterable[tuple[int, Sequence[ConvertRequest]]]
 ) -> list[Row[Any]]:
     """Create the per-pair send rows (once) and return those still to be sent."""
     event_ids = []
-    with engine.begin() as conn:
-        for event_id, requests in plan:
-            event_ids.append(event_id)
-            for request in requests:
-                values = {
-                    "event_id": event_id,
-                    "pair": request.pair,
-                    "url": request.url,
-                    "state": "pending",
-                    "attempts": 0,
-                }
-                insert_ignore(conn, sends, values, ["event_id", "pair"])
-        if not event_ids:
-            return []
-        query = select(sends).where(sends.c.event_id.in_(event_ids), sends.c.state == "pending")
-        return list(conn.execute(query.order_by(sends.c.id)).all())
+    for event_id, requests in plan:
+        event_ids.append(event_id)
+        for request in requests:
+            values = {
+                "event_id": event_id,
+                "pair": request.pair,
+                "url": request.url,
+                "state": "pending",
+                "attempts": 0,
+            }
+            insert_ignore(conn, sends, values, ["event_id", "pair"])
+    if not event_ids:
+        return []
+    query = select(sends).where(sends.c.event_id.in_(event_ids), sends.c.state == "pending")
+    return list(conn.execute(query.order_by(sends.c.id)).all())
 
 
 _SEND_STATE = {
@@ -89,77 +87,71 @@ _SEND_STATE = {
 
 
 def record_results(
-    engine: Engine, results: Sequence[tuple[Row[Any], SendResult]], now: float
+    conn: Connection, results: Sequence[tuple[Row[Any], SendResult]], now: float
 ) -> None:
     if not results:
         return
-    with engine.begin() as conn:
+    conn.execute(
+        insert(attempts),
+        [
+            {
+                "send_id": row.id,
+                "at": now,
+                "outcome": str(result.outcome),
+                "status_code": result.status_code,
+                "detail": result.detail,
+            }
+            for row, result in results
+        ],
+    )
+    for row, result in results:
+        done = result.outcome in (Outcome.SENT, Outcome.DRY_RUN)
         conn.execute(
-            insert(attempts),
-            [
-                {
-                    "send_id": row.id,
-                    "at": now,
-                    "outcome": str(result.outcome),
-                    "status_code": result.status_code,
-                    "detail": result.detail,
-                }
-                for row, result in results
-            ],
-        )
-        for row, result in results:
-            done = result.outcome in (Outcome.SENT, Outcome.DRY_RUN)
-            conn.execute(
-                update(sends)
-                .where(sends.c.id == row.id)
-                .values(
-                    state=_SEND_STATE[result.outcome],
-                    attempts=sends.c.attempts + 1,
-                    last_status=result.status_code,
-                    last_error=None if done else result.detail,
-                    sent_at=now if done else None,
-                )
+            update(sends)
+            .where(sends.c.id == row.id)
+            .values(
+                state=_SEND_STATE[result.outcome],
+                attempts=sends.c.attempts + 1,
+                last_status=result.status_code,
+                last_error=None if done else result.detail,
+                sent_at=now if done else None,
             )
+        )
 
 
-def send_states(engine: Engine, event_ids: Sequence[int]) -> dict[int, list[Row[Any]]]:
+def send_states(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[Row[Any]]]:
     by_event: dict[int, list[Row[Any]]] = {event_id: [] for event_id in event_ids}
-    if not event_ids:
-        return by_event
-    with engine.begin() as conn:
+    if event_ids:
         for row in conn.execute(select(sends).where(sends.c.event_id.in_(event_ids))):
             by_event[row.event_id].append(row)
     return by_event
 
 
 def finish(
-    engine: Engine, owner: str, now: float, outcomes: Sequence[tuple[Row[Any], Finish]]
+    conn: Connection, owner: str, now: float, outcomes: Sequence[tuple[Row[Any], Finish]]
 ) -> None:
     """Record each event's new state and release its lease (only if we still hold it)."""
-    if not outcomes:
-        return
-    with engine.begin() as conn:
-        for row, done in outcomes:
-            where = and_(events.c.id == row.id, events.c.lease_owner == owner)
-            if done.only_if_revision is not None:
-                where = and_(where, events.c.revision == done.only_if_revision)
-            values: dict[str, Any] = {
-                "state": done.state,
-                "reason_code": done.reason_code,
-                "reason": done.reason,
-                "lease_owner": None,
-                "lease_until": None,
-                "updated_at": now,
-            }
-            if done.next_attempt_at is not None:
-                values["next_attempt_at"] = done.next_attempt_at
-            if done.attempted:
-                values["attempts"] = events.c.attempts + 1
-            updated = conn.execute(update(events).where(where).values(**values)).rowcount
-            if not updated and done.only_if_revision is not None:
-                # New experiment data arrived while we worked: leave it due now.
-                conn.execute(
-                    update(events)
-                    .where(events.c.id == row.id, events.c.lease_owner == owner)
-                    .values(lease_owner=None, lease_until=None, next_attempt_at=now)
-                )
+    for row, done in outcomes:
+        where = and_(events.c.id == row.id, events.c.lease_owner == owner)
+        if done.only_if_revision is not None:
+            where = and_(where, events.c.revision == done.only_if_revision)
+        values: dict[str, Any] = {
+            "state": done.state,
+            "reason_code": done.reason_code,
+            "reason": done.reason,
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": now,
+        }
+        if done.next_attempt_at is not None:
+            values["next_attempt_at"] = done.next_attempt_at
+        if done.attempted:
+            values["attempts"] = events.c.attempts + 1
+        updated = conn.execute(update(events).where(where).values(**values)).rowcount
+        if not updated and done.only_if_revision is not None:
+            # New experiment data arrived while we worked: leave it due now.
+            conn.execute(
+                update(events)
+                .where(events.c.id == row.id, events.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None, next_attempt_at=now)
+            )
