@@ -22,6 +22,7 @@ from webhooks.attribution import from_attributes
 from webhooks.clock import Clock
 from webhooks.config import Settings
 from webhooks.convert import ConvertRequest, build_requests
+from webhooks.database import transaction
 from webhooks.events import EventKind
 from webhooks.queue import Finish
 from webhooks.retry import RetryPolicy
@@ -95,7 +96,7 @@ class Dispatcher:
         The sends happen outside any transaction, so the database lock is never held across
         the network."""
         d = self.settings.dispatcher
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             rows = queue.claim_due(
                 conn, self.owner, self.clock.now(), d.batch_size, d.lease_seconds
             )
@@ -105,7 +106,7 @@ class Dispatcher:
             plan = [(row.id, dec) for row, dec in decisions if not isinstance(dec, Finish)]
             pending = queue.prepare_sends(conn, plan)
         results = list(self._pool.map(self._send, pending))
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             now = self.clock.now()
             queue.record_results(conn, results, now)
             states = queue.send_states(conn, [event_id for event_id, _ in plan])

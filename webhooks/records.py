@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from webhooks.database import transaction
 from webhooks.schema import attempts, deliveries, events, sends
 
 
@@ -15,12 +16,12 @@ def list_events(engine: Engine, state: str | None, source: str | None, limit: in
         query = query.where(events.c.state == state)
     if source:
         query = query.where(events.c.source == source)
-    with engine.connect() as conn:
+    with transaction(engine) as conn:
         return list(conn.execute(query).all())
 
 
 def event_detail(engine: Engine, event_id: int) -> dict[str, Any] | None:
-    with engine.connect() as conn:
+    with transaction(engine) as conn:
         event = conn.execute(select(events).where(events.c.id == event_id)).first()
         if event is None:
             return None
@@ -49,5 +50,5 @@ def list_deliveries(engine: Engine, status: str | None, limit: int) -> list[Any]
     query = select(*columns).order_by(deliveries.c.id.desc()).limit(limit)
     if status:
         query = query.where(deliveries.c.status == status)
-    with engine.connect() as conn:
+    with transaction(engine) as conn:
         return list(conn.execute(query).all())

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select, update
 
 from adapters import REGISTRY
 from webhooks.config import Settings
+from webhooks.database import transaction
 from webhooks.errors import ConvertWebhooksError, PayloadError
 from webhooks.schema import deliveries, events, sends
 from webhooks.store import Delivery, IngestOutcome, store_events
@@ -29,7 +30,7 @@ class ReplayError(ConvertWebhooksError):
 def replay_delivery(
     engine: Engine, settings: Settings, delivery_id: int, now: float
 ) -> IngestOutcome:
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
     if row is None:
         raise ReplayError(f"no delivery {delivery_id}")
@@ -48,7 +49,7 @@ def replay_delivery(
 
 def resend_events(engine: Engine, event_ids: Sequence[int] | None, now: float) -> list[int]:
     """Queue events again (all dead ones when `event_ids` is None); returns the ids queued."""
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         query = select(events.c.id, events.c.state)
         query = (
             query.where(events.c.state == "dead")

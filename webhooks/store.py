@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, Table, TextClause, and_, or_, select,
 from sqlalchemy.exc import SQLAlchemyError
 
 from webhooks.config import GoalSet, SourceSettings
+from webhooks.database import transaction
 from webhooks.errors import StorageError
 from webhooks.events import (
     SENDABLE_KINDS,
@@ -88,7 +89,7 @@ def _insert_ignore_statement(
 def ingest(engine: Engine, delivery: Delivery, now: float) -> IngestOutcome:
     """Store the delivery and its events atomically; StorageError if the database fails."""
     try:
-        with engine.begin() as conn:
+        with transaction(engine) as conn:
             return _ingest(conn, delivery, now)
     except SQLAlchemyError as exc:
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
@@ -106,7 +107,7 @@ def store_rejected(
 ) -> None:
     """Keep a signed body we could not parse, so nothing is lost and it can be replayed."""
     try:
-        with engine.begin() as conn:
+        with transaction(engine) as conn:
             insert_ignore(
                 conn,
                 deliveries,
@@ -155,7 +156,7 @@ def _ingest(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
 def store_events(engine: Engine, delivery: Delivery, delivery_id: int, now: float) -> IngestOutcome:
     """Store the events of an already stored delivery (a replay); same rules as ingest."""
     try:
-        with engine.begin() as conn:
+        with transaction(engine) as conn:
             return _store_events(conn, delivery, delivery_id, now, written_status=None)
     except SQLAlchemyError as exc:
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
