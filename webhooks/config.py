@@ -62,6 +62,7 @@ class DispatcherSettings:
     batch_size: int
     lease_seconds: int
     poll_seconds: float
+    linger_seconds: float
     retry_base_seconds: float
     retry_max_delay_seconds: float
     retry_horizon_seconds: float
@@ -132,6 +133,7 @@ class _DispatcherSchema(_Strict):
     batch_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
     lease_seconds = fields.Integer(load_default=300, validate=validate.Range(min=10))
     poll_seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0.01))
+    linger_seconds = fields.Float(load_default=0.01, validate=validate.Range(min=0, max=1))
     retry_base_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.01))
     retry_max_delay_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.01))
     retry_horizon_seconds = fields.Float(load_default=259200.0, validate=validate.Range(min=1))
@@ -271,6 +273,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             batch_size=d["batch_size"],
             lease_seconds=d["lease_seconds"],
             poll_seconds=d["poll_seconds"],
+            linger_seconds=d["linger_seconds"],
             retry_base_seconds=d["retry_base_seconds"],
             retry_max_delay_seconds=d["retry_max_delay_seconds"],
             retry_horizon_seconds=d["retry_horizon_seconds"],

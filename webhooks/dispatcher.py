@@ -76,9 +76,14 @@ class Dispatcher:
                 # The database is down or locked: keep the events where they are and retry.
                 log.warning("dispatcher: database unavailable (%s); will retry", type(exc).__name__)
                 busy = 0
-            if not busy:
-                self._wake.wait(self.settings.dispatcher.poll_seconds)
-                self._wake.clear()
+            if busy >= self.settings.dispatcher.batch_size:
+                continue  # a backlog: keep going
+            woken = self._wake.wait(self.settings.dispatcher.poll_seconds)
+            self._wake.clear()
+            if woken:
+                # Gather briefly: under load one round then serves many webhooks, and the
+                # database sees two commits per round instead of two per webhook.
+                self._stop.wait(self.settings.dispatcher.linger_seconds)
 
     def drain(self, max_rounds: int = 1000) -> int:
         """Run rounds until nothing is due; the number of events handled."""
