@@ -24,12 +24,13 @@ from webhooks.config import Settings
 from webhooks.convert import ConvertRequest, build_requests
 from webhooks.database import transaction
 from webhooks.events import EventKind
-from webhooks.queue import Finish
+from webhooks.queue import Finish, SendOutcome, SendState
 from webhooks.retry import RetryPolicy
-from webhooks.sender import Sender, SendResult
+from webhooks.sender import Sender
 
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENTS_KEY = "convert_experiments"
+_UNSENT = SendState("", "pending", None, None)
 SEND_CONCURRENCY = 8
 
 
@@ -97,9 +98,8 @@ class Dispatcher:
 
     # -- one round -------------------------------------------------------------------------
     def run_once(self) -> int:
-        """One round in two short transactions around the sends: claim and plan, then record.
-        The sends happen outside any transaction, so the database lock is never held across
-        the network."""
+        """Claim, send outside any transaction (the lock is never held across the network),
+        record. Returns the number of events handled."""
         d = self.settings.dispatcher
         with transaction(self.engine) as conn:
             rows = queue.claim_due(
@@ -107,23 +107,40 @@ class Dispatcher:
             )
             if not rows:
                 return 0
-            decisions = [(row, self._plan(row)) for row in rows]
-            plan = [(row.id, dec) for row, dec in decisions if not isinstance(dec, Finish)]
-            pending = queue.prepare_sends(conn, plan)
-        results = list(self._pool.map(self._send, pending))
+            known = queue.sends_of(conn, [row.id for row in rows])
+        decisions = [(row, self._plan(row)) for row in rows]
+        due = [
+            (row.id, request)
+            for row, decision in decisions
+            if not isinstance(decision, Finish)
+            for request in decision
+            if known[row.id].get(request.pair, _UNSENT).state not in queue.DONE_SEND_STATES
+        ]
+        outcomes = list(self._pool.map(self._send, due))
+        for outcome in outcomes:
+            known[outcome.event_id][outcome.request.pair] = SendState(
+                outcome.request.pair,
+                queue.SEND_STATE[outcome.result.outcome],
+                outcome.result.status_code,
+                outcome.result.detail,
+            )
+        now = self.clock.now()
+        finishes = [
+            (
+                row,
+                decision
+                if isinstance(decision, Finish)
+                else self._conclude(row, list(known[row.id].values()), now),
+            )
+            for row, decision in decisions
+        ]
         with transaction(self.engine) as conn:
-            now = self.clock.now()
-            queue.record_results(conn, results, now)
-            states = queue.send_states(conn, [event_id for event_id, _ in plan])
-            finishes = [
-                (row, dec if isinstance(dec, Finish) else self._conclude(row, states[row.id], now))
-                for row, dec in decisions
-            ]
-            queue.finish(conn, self.owner, now, finishes)
+            queue.record_round(conn, self.owner, now, outcomes, finishes)
         return len(rows)
 
-    def _send(self, send: Row[Any]) -> tuple[Row[Any], SendResult]:
-        return send, self.sender.get(send.url)
+    def _send(self, item: tuple[int, ConvertRequest]) -> SendOutcome:
+        event_id, request = item
+        return SendOutcome(event_id, request, self.sender.get(request.url))
 
     def _plan(self, row: Row[Any]) -> Finish | list[ConvertRequest]:
         source = self.settings.sources.get(row.source)
@@ -150,7 +167,7 @@ class Dispatcher:
             row.item_count,
         )
 
-    def _conclude(self, row: Row[Any], sends: Sequence[Row[Any]], now: float) -> Finish:
+    def _conclude(self, row: Row[Any], sends: Sequence[SendState], now: float) -> Finish:
         states = {send.state for send in sends}
         if states <= {"dry_run"}:
             return Finish(

@@ -3,21 +3,25 @@
 A claim sets a lease owner and expiry in one statement (PostgreSQL: FOR UPDATE SKIP LOCKED;
 SQLite: the write lock of BEGIN IMMEDIATE), so several workers never take the same event. A
 worker that dies leaves a lease that simply expires; its events are claimed again.
-Functions take a Connection: the dispatcher groups them into two transactions per round.
+
+A round is two short transactions around the sends: claim (with what earlier rounds already
+sent), then record everything at once. Statements run once per round (executemany), not once
+per event: the database lock is shared with the request path, so its hold time is kept small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, or_, select, text, update
 
 from webhooks.convert import ConvertRequest
-from webhooks.schema import attempts, events, sends
+from webhooks.schema import events, sends
 from webhooks.sender import Outcome, SendResult
-from webhooks.store import insert_ignore
+
+DONE_SEND_STATES = frozenset({"sent", "dry_run", "dead"})  # not sent again in a retry
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,23 @@ class Finish:
     next_attempt_at: float | None = None
     attempted: bool = False  # Convert requests were made in this round
     only_if_revision: int | None = None  # skip the update if new data arrived meanwhile
+
+
+@dataclass(frozen=True)
+class SendState:
+    """What is known of one (event, experiment pair) Convert request."""
+
+    pair: str
+    state: str  # pending | sent | dry_run | dead
+    last_status: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    event_id: int
+    request: ConvertRequest
+    result: SendResult
 
 
 def claim_due(
@@ -56,102 +77,117 @@ def claim_due(
     return list(conn.execute(stmt).all())
 
 
-def prepare_sends(
-    conn: Connection, plan: Iterable[tuple[int, Sequence[ConvertRequest]]]
-) -> list[Row[Any]]:
-    """Create the per-pair send rows (once) and return those still to be sent."""
-    event_ids = []
-    for event_id, requests in plan:
-        event_ids.append(event_id)
-        for request in requests:
-            values = {
-                "event_id": event_id,
-                "pair": request.pair,
-                "url": request.url,
-                "state": "pending",
-                "attempts": 0,
-            }
-            insert_ignore(conn, sends, values, ["event_id", "pair"])
+def sends_of(conn: Connection, event_ids: Sequence[int]) -> dict[int, dict[str, SendState]]:
+    found: dict[int, dict[str, SendState]] = {event_id: {} for event_id in event_ids}
     if not event_ids:
-        return []
-    query = select(sends).where(sends.c.event_id.in_(event_ids), sends.c.state == "pending")
-    return list(conn.execute(query.order_by(sends.c.id)).all())
+        return found
+    query = select(
+        sends.c.event_id, sends.c.pair, sends.c.state, sends.c.last_status, sends.c.last_error
+    ).where(sends.c.event_id.in_(event_ids))
+    for row in conn.execute(query):
+        found[row.event_id][row.pair] = SendState(
+            row.pair, row.state, row.last_status, row.last_error
+        )
+    return found
 
 
-_SEND_STATE = {
+SEND_STATE = {
     Outcome.SENT: "sent",
     Outcome.DRY_RUN: "dry_run",
     Outcome.PERMANENT: "dead",
     Outcome.RETRY: "pending",
 }
 
+_UPSERT_SEND = text(
+    "INSERT INTO sends (event_id, pair, url, state, attempts, last_status, last_error, sent_at)"
+    " VALUES (:event_id, :pair, :url, :state, 1, :last_status, :last_error, :sent_at)"
+    " ON CONFLICT (event_id, pair) DO UPDATE SET url = excluded.url, state = excluded.state,"
+    " attempts = sends.attempts + 1, last_status = excluded.last_status,"
+    " last_error = excluded.last_error, sent_at = excluded.sent_at"
+)
+_INSERT_ATTEMPT = text(
+    "INSERT INTO attempts (event_id, pair, at, outcome, status_code, detail)"
+    " VALUES (:event_id, :pair, :at, :outcome, :status_code, :detail)"
+)
+_FINISH_EVENT = text(
+    "UPDATE events SET state = :state, reason_code = :reason_code, reason = :reason,"
+    " next_attempt_at = COALESCE(:next_attempt_at, next_attempt_at),"
+    " attempts = attempts + :increment, lease_owner = NULL, lease_until = NULL,"
+    " updated_at = :now WHERE id = :id AND lease_owner = :owner"
+)
 
-def record_results(
-    conn: Connection, results: Sequence[tuple[Row[Any], SendResult]], now: float
+
+def record_round(
+    conn: Connection,
+    owner: str,
+    now: float,
+    outcomes: Sequence[SendOutcome],
+    finishes: Sequence[tuple[Row[Any], Finish]],
 ) -> None:
-    if not results:
-        return
-    conn.execute(
-        insert(attempts),
-        [
-            {
-                "send_id": row.id,
-                "at": now,
-                "outcome": str(result.outcome),
-                "status_code": result.status_code,
-                "detail": result.detail,
-            }
-            for row, result in results
-        ],
-    )
-    for row, result in results:
-        done = result.outcome in (Outcome.SENT, Outcome.DRY_RUN)
+    """Every send result, every attempt, and each event's new state, releasing its lease."""
+    if outcomes:
+        conn.execute(_UPSERT_SEND, [_send_row(o, now) for o in outcomes])
         conn.execute(
-            update(sends)
-            .where(sends.c.id == row.id)
-            .values(
-                state=_SEND_STATE[result.outcome],
-                attempts=sends.c.attempts + 1,
-                last_status=result.status_code,
-                last_error=None if done else result.detail,
-                sent_at=now if done else None,
-            )
+            _INSERT_ATTEMPT,
+            [
+                {
+                    "event_id": o.event_id,
+                    "pair": o.request.pair,
+                    "at": now,
+                    "outcome": str(o.result.outcome),
+                    "status_code": o.result.status_code,
+                    "detail": o.result.detail,
+                }
+                for o in outcomes
+            ],
         )
-
-
-def send_states(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[Row[Any]]]:
-    by_event: dict[int, list[Row[Any]]] = {event_id: [] for event_id in event_ids}
-    if event_ids:
-        for row in conn.execute(select(sends).where(sends.c.event_id.in_(event_ids))):
-            by_event[row.event_id].append(row)
-    return by_event
-
-
-def finish(
-    conn: Connection, owner: str, now: float, outcomes: Sequence[tuple[Row[Any], Finish]]
-) -> None:
-    """Record each event's new state and release its lease (only if we still hold it)."""
-    for row, done in outcomes:
-        where = and_(events.c.id == row.id, events.c.lease_owner == owner)
+    plain = [(row, done) for row, done in finishes if done.only_if_revision is None]
+    if plain:
+        conn.execute(
+            _FINISH_EVENT,
+            [
+                {
+                    "id": row.id,
+                    "owner": owner,
+                    "now": now,
+                    "state": done.state,
+                    "reason_code": done.reason_code,
+                    "reason": done.reason,
+                    "next_attempt_at": done.next_attempt_at,
+                    "increment": int(done.attempted),
+                }
+                for row, done in plain
+            ],
+        )
+    for row, done in finishes:
         if done.only_if_revision is not None:
-            where = and_(where, events.c.revision == done.only_if_revision)
-        values: dict[str, Any] = {
-            "state": done.state,
-            "reason_code": done.reason_code,
-            "reason": done.reason,
-            "lease_owner": None,
-            "lease_until": None,
-            "updated_at": now,
-        }
-        if done.next_attempt_at is not None:
-            values["next_attempt_at"] = done.next_attempt_at
-        if done.attempted:
-            values["attempts"] = events.c.attempts + 1
-        updated = conn.execute(update(events).where(where).values(**values)).rowcount
-        if not updated and done.only_if_revision is not None:
-            # New experiment data arrived while we worked: leave it due now.
-            conn.execute(
-                update(events)
-                .where(events.c.id == row.id, events.c.lease_owner == owner)
-                .values(lease_owner=None, lease_until=None, next_attempt_at=now)
-            )
+            _finish_unless_revised(conn, owner, now, row, done)
+
+
+def _send_row(outcome: SendOutcome, now: float) -> dict[str, Any]:
+    result = outcome.result
+    done = result.outcome in (Outcome.SENT, Outcome.DRY_RUN)
+    return {
+        "event_id": outcome.event_id,
+        "pair": outcome.request.pair,
+        "url": outcome.request.url,
+        "state": SEND_STATE[result.outcome],
+        "last_status": result.status_code,
+        "last_error": None if done else result.detail,
+        "sent_at": now if done else None,
+    }
+
+
+def _finish_unless_revised(
+    conn: Connection, owner: str, now: float, row: Row[Any], done: Finish
+) -> None:
+    held = and_(events.c.id == row.id, events.c.lease_owner == owner)
+    released = {"lease_owner": None, "lease_until": None, "updated_at": now}
+    updated = conn.execute(
+        update(events)
+        .where(held, events.c.revision == done.only_if_revision)
+        .values(state=done.state, reason_code=done.reason_code, reason=done.reason, **released)
+    ).rowcount
+    if not updated:
+        # New experiment data arrived while we worked: leave it due now.
+        conn.execute(update(events).where(held).values(next_attempt_at=now, **released))

@@ -28,9 +28,8 @@ def event_detail(engine: Engine, event_id: int) -> dict[str, Any] | None:
         send_rows = conn.execute(
             select(sends).where(sends.c.event_id == event_id).order_by(sends.c.id)
         ).all()
-        send_ids = [s.id for s in send_rows]
         attempt_rows = conn.execute(
-            select(attempts).where(attempts.c.send_id.in_(send_ids)).order_by(attempts.c.id)
+            select(attempts).where(attempts.c.event_id == event_id).order_by(attempts.c.id)
         ).all()
         delivery = conn.execute(
             select(deliveries.c.id, deliveries.c.topic, deliveries.c.delivery_key).where(

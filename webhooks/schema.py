@@ -111,10 +111,11 @@ attempts = Table(
     "attempts",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("send_id", Id, ForeignKey("sends.id"), nullable=False),
+    Column("event_id", Id, ForeignKey("events.id"), nullable=False),
+    Column("pair", String(64), nullable=False),
     Column("at", Float, nullable=False),
     Column("outcome", String(16), nullable=False),  # sent | retry | permanent | dry_run
     Column("status_code", Integer),
     Column("detail", Text),
 )
-Index("ix_attempts_send", attempts.c.send_id)
+Index("ix_attempts_event", attempts.c.event_id)

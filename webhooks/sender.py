@@ -5,6 +5,7 @@ with library default agents)."""
 from __future__ import annotations
 
 import logging
+import urllib.request
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -43,6 +44,10 @@ class Sender:
         self.dry_run = dry_run
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        # Proxy settings are read from the environment once, here: with trust_env on, requests
+        # looks for proxies and ~/.netrc on every request (a third of a send's CPU time).
+        self.session.proxies = dict(urllib.request.getproxies())
+        self.session.trust_env = False
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
