@@ -4,10 +4,15 @@ gunicorn.conf.py (bind, workers, worker class, timeouts, keep-alive, logs), none
 
 from __future__ import annotations
 
+import os
 import runpy
 from pathlib import Path
 
-_SERVICE = runpy.run_path(str(Path(__file__).resolve().parent.parent / "gunicorn.conf.py"))
+_CONF = (
+    os.environ.get("BENCH_GUNICORN_CONF")
+    or Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+)
+_SERVICE = runpy.run_path(str(_CONF))
 _PLAIN = (str, int, float, bool, type(None))
 
 globals().update(

@@ -57,16 +57,39 @@ def free_port() -> int:
     return port
 
 
+class Product:
+    """Where the service's code is run from: this work tree, or (bench/run.py --snapshot) an
+    exported commit, so that edits made meanwhile do not change what is measured."""
+
+    root: Path = ROOT
+
+    @classmethod
+    def env(cls) -> dict[str, str]:
+        """Environment for a process that must import the product from `root`."""
+        if cls.root == ROOT:
+            return {}
+        return {
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(cls.root), os.environ.get("PYTHONPATH")])
+            ),
+            "BENCH_GUNICORN_CONF": str(cls.root / "gunicorn.conf.py"),
+        }
+
+
 class Gunicorn:
     """One gunicorn master we started (and only those processes are ever signalled)."""
 
-    def __init__(self, name: str, app: str, conf: str, log: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, app: str, conf: str, log: Path, env: dict[str, str], cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.log = log
+        self.cwd = cwd
         self._cmd = [GUNICORN, "-c", conf, app]
         self._env = {
             **os.environ,
+            **Product.env(),
             **env,
             "CONVERT_WEBHOOKS_BIND": f"127.0.0.1:{self.port}",
             "CONVERT_WEBHOOKS_WORKERS": str(WORKERS),
@@ -77,11 +100,12 @@ class Gunicorn:
     @classmethod
     def service(cls, config: Path, log: Path) -> Gunicorn:
         env = {"CONVERT_WEBHOOKS_CONFIG": str(config)}
-        return cls("service", "wsgi:app", "gunicorn.conf.py", log, env)
+        return cls("service", "wsgi:app", "gunicorn.conf.py", log, env, Product.root)
 
     @classmethod
     def bare(cls, log: Path) -> Gunicorn:
-        return cls("bare", "bench.bare_app:app", "bench/gunicorn_bare_conf.py", log, {})
+        conf = str(ROOT / "bench" / "gunicorn_bare_conf.py")
+        return cls("bare", "bench.bare_app:app", conf, log, {"PYTHONPATH": str(ROOT)})
 
     @property
     def address(self) -> tuple[str, int]:
@@ -96,7 +120,7 @@ class Gunicorn:
     def start(self, timeout: float = 30.0) -> Gunicorn:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self._cmd, cwd=ROOT, env=self._env, stdout=out, stderr=subprocess.STDOUT
+                self._cmd, cwd=self.cwd, env=self._env, stdout=out, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -36,6 +36,16 @@ class StandIn:
         self._proc: mp.process.BaseProcess | None = None
 
     @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def __enter__(self) -> StandIn:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/track/"
 
