@@ -310,3 +310,26 @@ def test_dry_run_logs_the_url_and_sends_nothing(
     assert state_of(svc, order).state == "dry_run"
     expected = recorder.base_url.removesuffix("/track/") + track("100-200", order, "10.99", 1)
     assert f"dry run: would GET {expected}" in caplog.text
+
+
+def test_outage_pauses_and_probes_with_one_event(
+    service: Service, recorder: ConvertRecorder
+) -> None:
+    """While Convert fails every request, one event probes; when it answers, all resume."""
+    for n in range(5):
+        order = shopify_order(id=n + 1, test=False, note_attributes=experiments("1-2"))
+        service.post_shopify("orders/paid", order, f"e{n}")
+    dispatcher = service.runtime.dispatcher
+    recorder.default_status = 503
+    assert dispatcher.run_once() == 5
+    assert (dispatcher.outage_rounds, dispatcher.outage_pause()) == (1, 1.0)
+    service.clock.advance(3600)
+    assert dispatcher.run_once() == 1  # a probe, not the whole batch
+    assert (dispatcher.outage_rounds, dispatcher.outage_pause()) == (2, 2.0)
+    recorder.default_status = 200
+    assert dispatcher.run_once() == 1
+    assert dispatcher.outage_rounds == 0
+    service.clock.advance(3600)  # the first probe's own retry is due too by now
+    assert dispatcher.run_once() == 4
+    assert [r.status for r in recorder.requests].count(200) == 5
+    assert len(recorder.requests) == 5 + 1 + 1 + 4

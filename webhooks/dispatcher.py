@@ -26,12 +26,13 @@ from webhooks.database import transaction
 from webhooks.events import EventKind
 from webhooks.queue import Finish, SendOutcome, SendState
 from webhooks.retry import RetryPolicy
-from webhooks.sender import Sender
+from webhooks.sender import Outcome, Sender
 
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENTS_KEY = "convert_experiments"
 _UNSENT = SendState("", "pending", None, None)
 SEND_CONCURRENCY = 8
+OUTAGE_MAX_PAUSE = 60
 
 
 class Dispatcher:
@@ -42,6 +43,7 @@ class Dispatcher:
         self.clock = clock
         self.policy = RetryPolicy.from_settings(settings.dispatcher)
         self.owner = f"{uuid.uuid4().hex[:12]}"
+        self.outage_rounds = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,6 +79,10 @@ class Dispatcher:
                 # The database is down or locked: keep the events where they are and retry.
                 log.warning("dispatcher: database unavailable (%s); will retry", type(exc).__name__)
                 busy = 0
+            if self.outage_rounds:
+                # Convert is unreachable: wait (new webhooks do not wake us), then probe.
+                self._stop.wait(self.outage_pause())
+                continue
             if busy >= self.settings.dispatcher.batch_size:
                 continue  # a backlog: keep going
             woken = self._wake.wait(self.settings.dispatcher.poll_seconds)
@@ -102,9 +108,9 @@ class Dispatcher:
         record. Returns the number of events handled."""
         d = self.settings.dispatcher
         with transaction(self.engine) as conn:
-            rows = queue.claim_due(
-                conn, self.owner, self.clock.now(), d.batch_size, d.lease_seconds
-            )
+            # During an outage one event probes; the rest keep their place in the queue.
+            limit = 1 if self.outage_rounds else d.batch_size
+            rows = queue.claim_due(conn, self.owner, self.clock.now(), limit, d.lease_seconds)
             if not rows:
                 return 0
             known = queue.sends_of(conn, [row.id for row in rows])
@@ -136,7 +142,32 @@ class Dispatcher:
         ]
         with transaction(self.engine) as conn:
             queue.record_round(conn, self.owner, now, outcomes, finishes)
+        self._track_outage(outcomes)
         return len(rows)
+
+    # -- circuit breaker -------------------------------------------------------------------
+    def _track_outage(self, outcomes: Sequence[SendOutcome]) -> None:
+        """Count rounds in which every request failed in a retryable way (Convert down,
+        5xx, 429): then the loop pauses and probes with one event, instead of spending the
+        database and the network on a whole batch of attempts that will fail too."""
+        if not outcomes:
+            return
+        if all(o.result.outcome is Outcome.RETRY for o in outcomes):
+            self.outage_rounds += 1
+            if self.outage_rounds == 1:
+                log.warning(
+                    "Convert unreachable (%s); pausing, then probing with one event",
+                    outcomes[0].result.detail,
+                )
+        elif self.outage_rounds:
+            log.info("Convert reachable again after %d failed rounds", self.outage_rounds)
+            self.outage_rounds = 0
+
+    def outage_pause(self) -> float:
+        """Seconds to wait before the next probe: doubling from 1 s, at most 60 s."""
+        if not self.outage_rounds:
+            return 0.0
+        return float(min(OUTAGE_MAX_PAUSE, 2 ** (self.outage_rounds - 1)))
 
     def _send(self, item: tuple[int, ConvertRequest]) -> SendOutcome:
         event_id, request = item
