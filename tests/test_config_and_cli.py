@@ -192,3 +192,21 @@ def test_dispatch_once_sends_what_is_due(
     assert main(["--config", config, "dispatch", "--once"]) == 0
     assert "dispatched 1 event(s)" in capsys.readouterr().out
     assert len(recorder.paths) == 1
+
+
+def test_replay_event_sends_a_test_mode_event_on_request(
+    tmp_path: Path, service: Service, recorder: ConvertRecorder, capsys: Any
+) -> None:
+    """An operator can send one skipped event on purpose; a sent one is not sent again."""
+    event = live_intent()
+    event["livemode"] = False
+    service.post_stripe(event)
+    service.drain()
+    assert recorder.paths == []
+    config = cli_config(tmp_path, service, recorder)
+    assert main(["--config", config, "replay", "--event", "1"]) == 0
+    assert "queued 1 event(s): 1" in capsys.readouterr().out
+    assert len(recorder.paths) == 1
+    assert main(["--config", config, "replay", "--event", "1"]) == 0
+    assert "queued 0 event(s)" in capsys.readouterr().out
+    assert len(recorder.paths) == 1

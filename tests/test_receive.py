@@ -195,3 +195,16 @@ def test_signature_is_checked_on_raw_bytes_not_reserialized_json(service: Servic
         "/webhooks/stripe", data=raw, headers={"Stripe-Signature": header}
     )
     assert response.status_code == 200
+
+
+def test_shop_redact_erases_every_delivery_of_the_source(service: Service) -> None:
+    order = shopify_order(customer={"id": 7, "email": "a@example.com"})
+    service.post_shopify("orders/paid", order, event_id="o1")
+    service.post_stripe(stripe_event("payment_intent_succeeded"))  # another source: kept
+    service.post_shopify("shop/redact", fixture("shopify", "shop_redact"), event_id="r1")
+    with service.runtime.engine.connect() as conn:
+        rows = {r.source: r for r in conn.execute(select(deliveries)) if r.topic != "shop/redact"}
+        event = conn.execute(select(events).where(events.c.source == "shop")).one()
+    assert rows["shop"].body == b"" and rows["shop"].redacted
+    assert rows["stripe"].body and not rows["stripe"].redacted
+    assert (event.customer_id, event.email_digest) == (None, None)
