@@ -87,9 +87,10 @@ class Dispatcher:
                 continue  # a backlog: keep going
             woken = self._wake.wait(self.settings.dispatcher.poll_seconds)
             self._wake.clear()
-            if woken:
-                # Gather briefly: under load one round then serves many webhooks, and the
-                # database sees two commits per round instead of two per webhook.
+            if woken and busy > 1:
+                # Under load (the last round found several events), gather briefly: one round
+                # then serves many webhooks, and the database sees two commits per round
+                # instead of two per webhook. A lone webhook goes out at once.
                 self._stop.wait(self.settings.dispatcher.linger_seconds)
 
     def drain(self, max_rounds: int = 1000) -> int:
