@@ -210,3 +210,18 @@ def test_replay_event_sends_a_test_mode_event_on_request(
     assert main(["--config", config, "replay", "--event", "1"]) == 0
     assert "queued 0 event(s)" in capsys.readouterr().out
     assert len(recorder.paths) == 1
+
+
+def test_events_can_be_found_by_order_id(
+    tmp_path: Path, service: Service, recorder: ConvertRecorder, capsys: Any
+) -> None:
+    service.post_stripe(live_intent())
+    service.post_stripe(
+        live_intent("evt_other")
+        | {"data": {"object": {**live_intent()["data"]["object"], "id": "pi_other"}}}
+    )
+    config = cli_config(tmp_path, service, recorder)
+    order = live_intent()["data"]["object"]["id"]
+    assert main(["--config", config, "events", "--order", order]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and order in lines[1]

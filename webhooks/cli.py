@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("event_id", nargs="?", type=int)
     ev.add_argument("--state", choices=["pending", "sent", "dry_run", "skipped", "dead"])
     ev.add_argument("--source")
+    ev.add_argument("--order", help="only this order / payment id (and its refunds)")
     ev.add_argument("--limit", type=int, default=50)
     ev.set_defaults(handler=_events)
 
@@ -105,14 +106,14 @@ def _events(args: argparse.Namespace) -> int:
             return 1
         print(json.dumps(_readable(detail), indent=2, default=str))
         return 0
-    rows = list_events(runtime.engine, args.state, args.source, args.limit)
+    rows = list_events(runtime.engine, args.state, args.source, args.limit, args.order)
     print(
-        f"{'id':>6}  {'state':8} {'kind':21} {'source':12} {'order':24} {'amount':>12} "
+        f"{'id':>6}  {'state':8} {'kind':21} {'source':12} {'order':28} {'amount':>12} "
         f"{'tries':>5}  reason"
     )
     for r in rows:
         print(
-            f"{r.id:>6}  {r.state:8} {r.kind:21} {r.source[:12]:12} {r.order_id[:24]:24} "
+            f"{r.id:>6}  {r.state:8} {r.kind:21} {r.source[:12]:12} {r.order_id:28} "
             f"{r.amount + ' ' + r.currency:>12} {r.attempts:>5}  {r.reason or ''}"
         )
     return 0

@@ -10,12 +10,16 @@ from webhooks.database import transaction
 from webhooks.schema import attempts, deliveries, events, sends
 
 
-def list_events(engine: Engine, state: str | None, source: str | None, limit: int) -> list[Any]:
+def list_events(
+    engine: Engine, state: str | None, source: str | None, limit: int, order: str | None = None
+) -> list[Any]:
     query = select(events).order_by(events.c.id.desc()).limit(limit)
     if state:
         query = query.where(events.c.state == state)
     if source:
         query = query.where(events.c.source == source)
+    if order:
+        query = query.where((events.c.order_id == order) | (events.c.refund_of == order))
     with transaction(engine) as conn:
         return list(conn.execute(query).all())
 
