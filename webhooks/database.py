@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -24,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 
+from webhooks.errors import ConfigError
 from webhooks.schema import metadata, schema_version
 
 
@@ -39,7 +41,17 @@ def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
     )
 
 
+MIN_SQLITE = (3, 35, 0)  # INSERT .. ON CONFLICT .. RETURNING
+
+
 def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise ConfigError(
+            {
+                "database.url": f"SQLite {sqlite3.sqlite_version} is too old: this "
+                "Python needs SQLite 3.35 or newer, or use PostgreSQL"
+            }
+        )
     database = make_url(url).database
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
     if database and database != ":memory:":
