@@ -112,6 +112,7 @@ def test_accepted_delivery_answers_with_its_events(service: Service) -> None:
     assert response.json["status"] == "accepted"
     (stored,) = response.json["events"]
     assert stored["kind"] == "purchase" and stored["state"] == "pending"
+    assert stored["reason"].startswith("queued")  # every unsent event says why
 
 
 def test_same_delivery_twice_is_a_duplicate(service: Service) -> None:

@@ -1,5 +1,6 @@
 """Reason codes: the machine-readable cause of an event's state (the text says it for people)."""
 
+QUEUED = "queued"
 TEST_MODE = "test_mode"
 NOT_SENT_KIND = "not_sent_kind"
 NO_GOALS = "no_goals"

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from adapters import REGISTRY
+from webhooks import reasons
 from webhooks.config import Settings
 from webhooks.database import transaction
 from webhooks.errors import ConvertWebhooksError, PayloadError
@@ -67,8 +68,8 @@ def resend_events(engine: Engine, event_ids: Sequence[int] | None, now: float) -
         )
         values: dict[str, Any] = {
             "state": "pending",
-            "reason_code": None,
-            "reason": None,
+            "reason_code": reasons.QUEUED,
+            "reason": "queued again by replay",
             "next_attempt_at": now,
             "horizon_start": now,
             "lease_owner": None,

@@ -25,7 +25,7 @@ from webhooks.events import (
     NormalizedEvent,
     ParseResult,
 )
-from webhooks.reasons import NO_GOALS, NOT_SENT_KIND, TEST_MODE, WAITING_FOR_PAIRS
+from webhooks.reasons import NO_GOALS, NOT_SENT_KIND, QUEUED, TEST_MODE, WAITING_FOR_PAIRS
 from webhooks.schema import deliveries, events
 
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -206,7 +206,7 @@ def initial_state(d: Delivery, event: NormalizedEvent) -> tuple[str, str | None,
     goals = d.goals.get(event.kind)
     if goals is None or not (goals.conversion or goals.transaction):
         return "skipped", NO_GOALS, f"no Convert goals configured for {event.kind}"
-    return "pending", None, None
+    return "pending", QUEUED, "queued: the dispatcher sends it next"
 
 
 def _store_event(
@@ -271,7 +271,12 @@ def _merge_into_existing(
     waiting = row.state == "skipped" and row.reason_code in WAITING_FOR_PAIRS
     if added and (row.state == "pending" or waiting):
         wake = (
-            {"state": "pending", "reason_code": None, "reason": None, "next_attempt_at": now}
+            {
+                "state": "pending",
+                "reason_code": QUEUED,
+                "reason": "queued: a later delivery brought the experiment data",
+                "next_attempt_at": now,
+            }
             if waiting
             else {}
         )
