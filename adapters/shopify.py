@@ -30,7 +30,8 @@ platform = "shopify"
 
 
 PAID_STATUSES = frozenset({"paid"})
-NO_CURRENCY = "XXX"  # ISO 4217 "no currency", for a refund with no transactions
+# ISO 4217's code for "no currency": a refund whose payload names no currency anywhere.
+NO_CURRENCY = "XXX"
 
 
 def verify(headers: Mapping[str, str], raw: bytes, settings: VerifySettings, now: float) -> None:
@@ -113,7 +114,7 @@ def _presentment_total(order: Mapping[str, Any]) -> Money | None:
 
 def _refund_created(key: str, topic: str, refund: dict[str, Any]) -> ParseResult:
     total = Decimal(0)
-    currency = NO_CURRENCY
+    currency = _refund_line_currency(refund)
     for transaction in _list(refund.get("transactions")):
         if not isinstance(transaction, dict) or transaction.get("kind") != "refund":
             continue
@@ -134,6 +135,17 @@ def _refund_created(key: str, topic: str, refund: dict[str, Any]) -> ParseResult
         raw=refund,
     )
     return ParseResult(key, topic, events=(event,))
+
+
+def _refund_line_currency(refund: Mapping[str, Any]) -> str:
+    """The shop currency of the refunded line items: refund transactions may carry none
+    (Shopify's own sample has `currency: null`)."""
+    for item in _list(refund.get("refund_line_items")):
+        price_set = _object(_object(_object(item).get("line_item")).get("price_set"))
+        code = _object(price_set.get("shop_money")).get("currency_code")
+        if isinstance(code, str) and len(code) == 3 and code.isalpha():
+            return code.upper()
+    return NO_CURRENCY
 
 
 def _customers_redact(key: str, topic: str, body: dict[str, Any]) -> ParseResult:

@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from tests.config_file import SHOPIFY_SECRET, STRIPE_SECRET, config_document
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import body
 from tests.signing import shopify_hmac, stripe_signature_header
@@ -23,9 +24,6 @@ from webhooks.app import create_app, runtime_of
 from webhooks.config import Settings, settings_from_mapping
 from webhooks.runtime import Runtime
 
-STRIPE_SECRET = "whsec_test_secret_one"
-STRIPE_OLD_SECRET = "whsec_test_secret_old"
-SHOPIFY_SECRET = "shpss_test_client_secret"
 START = 1_800_000_000.0  # 2027-01-15: a fixed "now" for the fake clock
 
 PG_URL = os.environ.get("CONVERT_WEBHOOKS_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
@@ -40,28 +38,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.current += seconds
-
-
-def config_document(db_url: str, endpoint: str, **sections: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "convert": {"account_id": "1111", "project_id": "2222", "endpoint": endpoint},
-        "goals": {
-            "purchase": {"conversion": ["100", "101"], "transaction": ["100"]},
-            "subscription_renewal": {"conversion": [], "transaction": ["300"]},
-        },
-        "sources": {
-            "stripe": {"platform": "stripe", "secrets": [STRIPE_SECRET, STRIPE_OLD_SECRET]},
-            "shop": {"platform": "shopify", "secrets": [SHOPIFY_SECRET]},
-        },
-        "database": {"url": db_url, "busy_timeout_ms": 2000},
-        "dispatcher": {"retry_base_seconds": 10, "retry_max_delay_seconds": 3600},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict) and isinstance(doc.get(section), dict):
-            doc[section] = {**doc[section], **values}
-        else:
-            doc[section] = values
-    return doc
 
 
 def _pg_available() -> str | None:

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.config_file import config_document, write_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,29 +23,15 @@ def free_port() -> int:
         return port
 
 
-def write_config(path: Path, db_url: str, endpoint: str, dispatcher: bool = True) -> Path:
-    path.write_text(f"""
-[convert]
-account_id = "1111"
-project_id = "2222"
-endpoint = "{endpoint}"
-
-[goals.purchase]
-conversion = ["100"]
-transaction = ["100"]
-
-[sources.shop]
-platform = "shopify"
-secrets = ["${{SHOP_SECRET}}"]
-
-[database]
-url = "{db_url}"
-
-[dispatcher]
-enabled = {"true" if dispatcher else "false"}
-poll_seconds = 0.2
-""")
-    return path
+def service_config(path: Path, db_url: str, endpoint: str, dispatcher: bool = True) -> Path:
+    """The test config with its Shopify secret read from ${SHOP_SECRET}, as in production."""
+    doc = config_document(
+        db_url,
+        endpoint,
+        sources={"shop": {"platform": "shopify", "secrets": ["${SHOP_SECRET}"]}},
+        dispatcher={"enabled": dispatcher, "poll_seconds": 0.2},
+    )
+    return write_config(path, doc)
 
 
 class GunicornService:

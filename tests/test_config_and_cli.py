@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.config_file import config_document, write_config
 from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import stripe_event
@@ -106,23 +107,8 @@ def real_time(clock: Any) -> None:
 
 def cli_config(tmp_path: Path, service: Service, recorder: ConvertRecorder) -> str:
     """A config file pointing at the service's database and the Convert stand-in."""
-    text = f"""
-[convert]
-account_id = "1111"
-project_id = "2222"
-endpoint = "{recorder.base_url}"
-[goals.purchase]
-conversion = ["100", "101"]
-transaction = ["100"]
-[sources.stripe]
-platform = "stripe"
-secrets = ["whsec_test_secret_one"]
-[database]
-url = "{service.settings.database_url}"
-"""
-    path = tmp_path / "cli.toml"
-    path.write_text(text)
-    return str(path)
+    doc = config_document(service.settings.database_url, recorder.base_url)
+    return str(write_config(tmp_path / "cli.toml", doc))
 
 
 def live_intent(event_id: str = "evt_cli") -> dict[str, Any]:
@@ -172,10 +158,11 @@ def test_replay_delivery_keeps_idempotency(
     assert "no delivery 99" in capsys.readouterr().err
 
 
-def test_replay_of_a_rejected_delivery_after_it_became_readable(
+def test_rejected_delivery_is_listed_and_replay_says_why_it_still_fails(
     tmp_path: Path, service: Service, recorder: ConvertRecorder, capsys: Any
 ) -> None:
-    """A body rejected as unreadable is kept; `replay --delivery` runs it again."""
+    """A body rejected as unreadable is kept and listed; replaying it re-runs the parser,
+    which still names what is missing (after a fix, the same command would store it)."""
     service.post_stripe({}, raw=b'{"id": "evt_r", "type": "payment_intent.succeeded"}')
     config = cli_config(tmp_path, service, recorder)
     assert main(["--config", config, "deliveries", "--status", "rejected"]) == 0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.convert_recorder import ConvertRecorder
-from tests.gunicorn_process import GunicornService, write_config
+from tests.gunicorn_process import GunicornService, service_config
 from tests.payloads import body, experiments, shopify_order
 from tests.signing import shopify_hmac
 
@@ -56,7 +56,7 @@ def test_two_workers_never_double_send(
         if database == "sqlite"
         else request.getfixturevalue("pg_url")
     )
-    config = write_config(tmp_path / "config.toml", db_url, recorder.base_url)
+    config = service_config(tmp_path / "config.toml", db_url, recorder.base_url)
     service = GunicornService(config, workers=2, env={"SHOP_SECRET": SECRET}).start()
     services.append(service)
     total = 120
@@ -76,7 +76,9 @@ def test_acknowledged_delivery_survives_kill_and_is_sent_after_restart(
     db_url = f"sqlite:///{tmp_path / 'crash.db'}"
     env = {"SHOP_SECRET": SECRET}
     # First life: the dispatcher is off, so the process dies after storing, before sending.
-    config = write_config(tmp_path / "store-only.toml", db_url, recorder.base_url, dispatcher=False)
+    config = service_config(
+        tmp_path / "store-only.toml", db_url, recorder.base_url, dispatcher=False
+    )
     first = GunicornService(config, env=env).start()
     services.append(first)
     status, answer = first.post("/webhooks/shop", *signed_order(77))
@@ -84,7 +86,7 @@ def test_acknowledged_delivery_survives_kill_and_is_sent_after_restart(
     first.kill()
     assert recorder.paths == []
     # Second life: same database, dispatcher on.
-    config = write_config(tmp_path / "normal.toml", db_url, recorder.base_url)
+    config = service_config(tmp_path / "normal.toml", db_url, recorder.base_url)
     second = GunicornService(config, env=env).start()
     services.append(second)
     recorder.wait_for(1, timeout=15)

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import STRIPE_OLD_SECRET, Service
+from tests.config_file import STRIPE_OLD_SECRET
+from tests.conftest import Service
 from tests.payloads import body, experiments, fixture, shopify_order, stripe_event
 from tests.signing import stripe_signature_header
 from webhooks.schema import deliveries, events
