@@ -30,8 +30,8 @@ def test_example_config_is_valid_and_dry_run() -> None:
 def test_secrets_come_from_environment_references(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(EXAMPLE.read_text())
-    settings = load_settings(config, env={"STRIPE_WEBHOOK_SECRET": "whsec_from_env"})
-    assert settings.sources["stripe"].secrets == ("whsec_from_env",)
+    settings = load_settings(config, env={"STRIPE_WEBHOOK_SECRET": "whsec_from_env_0123456789"})
+    assert settings.sources["stripe"].secrets == ("whsec_from_env_0123456789",)
 
 
 def test_database_url_from_environment_wins(tmp_path: Path) -> None:

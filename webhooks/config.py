@@ -26,7 +26,12 @@ DEFAULT_DATABASE_URL = "sqlite:///var/convert-webhooks.db"
 LEGACY_ENDPOINT = "https://{project_id}.track.convertexperiments.com/track/"
 REVENUE_BASES = ("total", "presentment_total", "subtotal")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${NAME} or ${NAME:-default}
-_DIGITS = validate.Regexp(r"^\d+$", error="must be digits only")
+# ASCII digits, whole string: `\d` also takes "²" and Arabic-Indic digits, and `$` allows a
+# trailing newline (which went into the Convert URL as %0A).
+_DIGITS = validate.Regexp(r"\A[0-9]{1,20}\Z", error="must be ASCII digits only")
+MIN_SECRET_LENGTH = 16
+# The secrets config/example.toml falls back to: fine for a dry run, never for real sending.
+EXAMPLE_SECRETS = frozenset({"whsec_example_secret", "shpss_example_secret"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,17 @@ class DispatcherSettings:
 
 
 @dataclass(frozen=True)
+class AttributionSettings:
+    max_pairs_per_order: int
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    keep_days: float
+    prune_interval_seconds: float  # 0: no schedule, `convert-webhooks prune` only
+
+
+@dataclass(frozen=True)
 class Settings:
     convert: ConvertSettings
     goals: Mapping[EventKind, GoalSet]
@@ -77,6 +93,19 @@ class Settings:
     busy_timeout_ms: int
     max_body_bytes: int
     dispatcher: DispatcherSettings
+    attribution: AttributionSettings = AttributionSettings(20)
+    retention: RetentionSettings = RetentionSettings(30.0, 3600.0)
+
+
+def _fail(message: str) -> bool:
+    raise ValidationError(message)
+
+
+def _secret(value: str) -> None:
+    if value != value.strip():
+        raise ValidationError("has leading or trailing whitespace (a pasted newline?)")
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ValidationError(f"is shorter than {MIN_SECRET_LENGTH} characters")
 
 
 class _Strict(Schema):
@@ -113,7 +142,7 @@ class _GoalsSchema(_Strict):
 class _SourceSchema(_Strict):
     platform = fields.String(required=True, validate=validate.OneOf(PLATFORMS))
     secrets = fields.List(
-        fields.String(validate=validate.Length(min=1)),
+        fields.String(validate=_secret),
         required=True,
         validate=validate.Length(min=1, error="needs at least one secret"),
     )
@@ -121,6 +150,19 @@ class _SourceSchema(_Strict):
     allow_test_events = fields.Boolean(load_default=False)
     experiments_key = fields.String(load_default="convert_experiments")
     revenue = fields.String(load_default="total", validate=validate.OneOf(REVENUE_BASES))
+
+
+class _AttributionSchema(_Strict):
+    # The pairs come from the buyer's cart (Shopify attributes): each one is a Convert request.
+    max_pairs_per_order = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+
+
+class _RetentionSchema(_Strict):
+    # Longer than any platform's retry window (Stripe: 3 days), so idempotency holds inside it.
+    keep_days = fields.Float(load_default=30.0, validate=validate.Range(min=7))
+    prune_interval_seconds = fields.Float(
+        load_default=3600.0, validate=lambda v: v == 0 or v >= 60 or _fail("0 (off) or >= 60")
+    )
 
 
 class _DatabaseSchema(_Strict):
@@ -160,6 +202,10 @@ class _ConfigSchema(_Strict):
     database = fields.Nested(_DatabaseSchema, load_default=lambda: _defaults(_DatabaseSchema))
     dispatcher = fields.Nested(_DispatcherSchema, load_default=lambda: _defaults(_DispatcherSchema))
     server = fields.Nested(_ServerSchema, load_default=lambda: _defaults(_ServerSchema))
+    attribution = fields.Nested(
+        _AttributionSchema, load_default=lambda: _defaults(_AttributionSchema)
+    )
+    retention = fields.Nested(_RetentionSchema, load_default=lambda: _defaults(_RetentionSchema))
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -188,7 +234,43 @@ def settings_from_mapping(document: Mapping[str, Any], env: Mapping[str, str]) -
         data = None
     if problems or data is None:
         raise ConfigError(problems)
-    return _build(data, env)
+    settings = _build(data, env)
+    problems.update(_cross_checks(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _cross_checks(settings: Settings) -> dict[str, str]:
+    """Rules that read more than one key."""
+    problems: dict[str, str] = {}
+    if not settings.convert.dry_run:
+        for name, source in settings.sources.items():
+            for i, secret in enumerate(source.secrets):
+                if secret in EXAMPLE_SECRETS:
+                    problems[f"sources.{name}.secrets[{i}]"] = (
+                        "is the example secret: set your own (allowed only with dry_run = true)"
+                    )
+    needed = minimum_lease_seconds(settings)
+    if settings.dispatcher.lease_seconds < needed:
+        problems["dispatcher.lease_seconds"] = (
+            f"must be at least {needed} s: a round may send for half its lease, plus one "
+            "request's connect and read timeouts and the database waits to record it"
+        )
+    return problems
+
+
+def minimum_lease_seconds(settings: Settings) -> int:
+    """The shortest lease under which a round always finishes before its lease runs out.
+
+    The dispatcher starts no send later than half the lease after its claim (the rest waits
+    for the next round), so the worst round is half the lease, one request at its full
+    timeouts, and two bounded database waits (claim and record), with a margin.
+    """
+    convert = settings.convert
+    request = convert.connect_timeout + convert.read_timeout
+    database = 2 * settings.busy_timeout_ms / 1000
+    return int(2 * (request + database) + 10)
 
 
 def _expand(value: Any, env: Mapping[str, str], key: str, problems: dict[str, str]) -> Any:
@@ -254,6 +336,7 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         for name, s in data["sources"].items()
     }
     d = data["dispatcher"]
+    retention = data["retention"]
     return Settings(
         convert=ConvertSettings(
             account_id=convert["account_id"],
@@ -278,4 +361,6 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             retry_max_delay_seconds=d["retry_max_delay_seconds"],
             retry_horizon_seconds=d["retry_horizon_seconds"],
         ),
+        attribution=AttributionSettings(data["attribution"]["max_pairs_per_order"]),
+        retention=RetentionSettings(retention["keep_days"], retention["prune_interval_seconds"]),
     )

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect
 from sqlalchemy.engine import make_url
 
 from webhooks.errors import ConfigError
-from webhooks.schema import metadata, schema_version
+from webhooks.schema import V2_COLUMNS, V2_INDEXES, metadata, readiness, schema_version
 
 
 def make_engine(url: str, busy_timeout_ms: int = 5000) -> Engine:
@@ -132,8 +132,32 @@ def _create_v1(conn: Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
+def _v2_customer_refs_readiness_pruning(conn: Connection) -> None:
+    """Customer references on deliveries, the readiness table, indexes for pruning.
+
+    Written to run on a version-1 database and on one that `_create_v1` just made from the
+    current metadata (which already has everything): each part checks before it adds.
+    """
+    inspector = inspect(conn)
+    for table, columns in V2_COLUMNS.items():
+        present = {c["name"] for c in inspector.get_columns(table)}
+        for name in columns:
+            if name not in present:
+                column = metadata.tables[table].c[name]
+                kind = column.type.compile(conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+    readiness.create(conn, checkfirst=True)
+    for each in metadata.sorted_tables:
+        for index in each.indexes:
+            if index.name in V2_INDEXES:
+                index.create(conn, checkfirst=True)
+
+
 # Append-only: each step moves the schema one version forward without losing stored data.
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_create_v1,)
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (
+    _create_v1,
+    _v2_customer_refs_readiness_pruning,
+)
 
 
 def migrate(engine: Engine) -> int:

@@ -52,8 +52,14 @@ deliveries = Table(
     Column("headers", Text, nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("redacted", Boolean, nullable=False, default=False),
+    # Who the delivery is about, kept for every status (duplicates and rejected ones too), so
+    # a customer redaction finds every copy of the body. Added in schema version 2.
+    Column("customer_id", String(255)),
+    Column("email_digest", String(64)),
     UniqueConstraint("source", "delivery_key", name="uq_delivery"),
 )
+Index("ix_deliveries_received", deliveries.c.received_at)
+Index("ix_deliveries_customer", deliveries.c.source, deliveries.c.customer_id)
 
 events = Table(
     "events",
@@ -90,6 +96,7 @@ events = Table(
 )
 Index("ix_events_due", events.c.state, events.c.next_attempt_at)
 Index("ix_events_customer", events.c.platform, events.c.customer_id)
+Index("ix_events_finished", events.c.state, events.c.updated_at)
 
 sends = Table(
     "sends",
@@ -119,3 +126,15 @@ attempts = Table(
     Column("detail", Text),
 )
 Index("ix_attempts_event", attempts.c.event_id)
+
+# One row per writer that proved the database writable (/readyz); version 2.
+readiness = Table(
+    "readiness",
+    metadata,
+    Column("owner", String(64), primary_key=True),
+    Column("checked_at", Float, nullable=False),
+)
+
+# Columns each migration adds to a table that already existed (see database.MIGRATIONS).
+V2_COLUMNS = {"deliveries": ("customer_id", "email_digest")}
+V2_INDEXES = ("ix_deliveries_received", "ix_deliveries_customer", "ix_events_finished")
