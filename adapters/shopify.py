@@ -3,41 +3,122 @@
 Signature (shopify.dev/docs/apps/build/webhooks/verify-deliveries): base64 of HMAC-SHA256 of
 the raw body, keyed with the app's client secret (or the store's notification key for
 webhooks made in the admin). Nothing else is signed, so there is no timestamp window.
+
+Only the body is signed: the `X-Shopify-Topic` header is not. A captured orders/paid body
+replayed as `shop/redact` must not erase the shop, and an unpaid orders/create body replayed
+as orders/paid must not count. So every topic we act on checks that the body has that topic's
+shape (TOPIC_SHAPES; a mismatch is a PayloadError, 400, kept as rejected), and a purchase
+counts only when the body itself shows it paid (PAID_STATUSES), whatever the topic says.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from adapters.base import PlatformAdapter, VerifySettings
-from adapters.payload import email_digest, get_int, load_json_object, optional_str
+from adapters.payload import (
+    described,
+    email_digest,
+    get_int_id,
+    int_id,
+    load_json_object,
+    optional_id,
+    quantity_sum,
+)
 from adapters.signing import any_base64_matches
 from webhooks.errors import PayloadError, SignatureError
 from webhooks.events import (
+    MAX_ID_CHARS,
+    MAX_TIMESTAMP,
+    MAX_TOPIC_CHARS,
     CustomerRedaction,
     EventKind,
     Money,
     NormalizedEvent,
     ParseResult,
+    bounded_attributes,
+    check_key,
 )
-from webhooks.money import from_decimal_string
+from webhooks.money import checked_amount, currency_code, from_decimal_string
 
 platform = "shopify"
 
-
-PAID_STATUSES = frozenset({"paid"})
+# financial_status values that mean the buyer paid (shopify.dev Order resource). An order
+# paid and later refunded, in part or in full, was still paid: the purchase counts and the
+# refund is recorded from refunds/create. "partially_paid", "authorized" (not captured),
+# "pending" and "voided" do not count.
+PAID_STATUSES = frozenset({"paid", "partially_refunded", "refunded"})
+FINANCIAL_STATUSES = frozenset(
+    {
+        "pending",
+        "authorized",
+        "partially_paid",
+        "paid",
+        "partially_refunded",
+        "refunded",
+        "voided",
+        "expired",
+    }
+)
 # ISO 4217's code for "no currency": a refund whose payload names no currency anywhere.
 NO_CURRENCY = "XXX"
+# A base64 SHA-256 digest is 44 characters; anything much longer is not one.
+MAX_HMAC_HEADER_CHARS = 128
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a topic's body must hold (field -> JSON type) and must not hold (fields of the
+    other topics' bodies)."""
+
+    required: Mapping[str, type | tuple[type, ...]]
+    forbidden: frozenset[str]
+
+
+_ORDER_FIELDS = frozenset({"total_price", "line_items", "financial_status"})
+_REFUND_FIELDS = frozenset({"order_id", "refund_line_items", "transactions"})
+_COMPLIANCE_FIELDS = frozenset(
+    {"shop_id", "shop_domain", "orders_to_redact", "orders_requested", "data_request"}
+)
+_ORDER = Shape(
+    {"id": int, "total_price": (str, int, Decimal), "line_items": list},
+    frozenset({"order_id", "refund_line_items", "orders_to_redact", "orders_requested"}),
+)
+TOPIC_SHAPES: Mapping[str, Shape] = {
+    "orders/paid": _ORDER,
+    "orders/create": _ORDER,
+    "refunds/create": Shape(
+        {"id": int, "order_id": int, "refund_line_items": list, "transactions": list},
+        _ORDER_FIELDS | _COMPLIANCE_FIELDS,
+    ),
+    "customers/redact": Shape(
+        {"shop_id": int, "shop_domain": str, "customer": dict, "orders_to_redact": list},
+        _ORDER_FIELDS | _REFUND_FIELDS | {"id", "orders_requested", "data_request"},
+    ),
+    "customers/data_request": Shape(
+        {"shop_id": int, "shop_domain": str, "customer": dict, "orders_requested": list},
+        _ORDER_FIELDS | _REFUND_FIELDS | {"id", "orders_to_redact"},
+    ),
+    "shop/redact": Shape(
+        {"shop_id": int, "shop_domain": str},
+        _ORDER_FIELDS
+        | _REFUND_FIELDS
+        | {"id", "customer", "orders_to_redact", "orders_requested", "data_request"},
+    ),
+}
 
 
 def verify(headers: Mapping[str, str], raw: bytes, settings: VerifySettings, now: float) -> None:
     given = headers.get("x-shopify-hmac-sha256")
     if not given:
         raise SignatureError("missing X-Shopify-Hmac-Sha256 header")
+    if len(given) > MAX_HMAC_HEADER_CHARS:
+        raise SignatureError("X-Shopify-Hmac-Sha256 is too long to be a signature")
     if not any_base64_matches(settings.secrets, raw, given):
         raise SignatureError("X-Shopify-Hmac-Sha256 does not match a configured secret")
 
@@ -46,41 +127,67 @@ def parse(headers: Mapping[str, str], raw: bytes) -> ParseResult:
     topic = headers.get("x-shopify-topic")
     if not topic:
         raise PayloadError("missing X-Shopify-Topic header")
+    # Unsigned header text: printable ASCII within the column before it is stored or named.
+    check_key(topic, "header X-Shopify-Topic", MAX_TOPIC_CHARS)
     body = load_json_object(raw)
     key = _delivery_key(headers, topic, raw)
     handler = TOPIC_HANDLERS.get(topic)
     if handler is None:
         return ParseResult(key, topic, reason=f"topic {topic} is not used")
+    _check_shape(topic, body)
     return handler(key, topic, body)
+
+
+def _check_shape(topic: str, body: Mapping[str, Any]) -> None:
+    shape = TOPIC_SHAPES[topic]
+    for name, kind in shape.required.items():
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise PayloadError(f"body is not a {topic} body: field '{name}' is missing or wrong")
+    for name in sorted(shape.forbidden):
+        if name in body:
+            raise PayloadError(f"body is not a {topic} body: it has field '{name}'")
 
 
 def _delivery_key(headers: Mapping[str, str], topic: str, raw: bytes) -> str:
     """One key per platform event: a retried delivery repeats X-Shopify-Event-Id."""
     if event_id := headers.get("x-shopify-event-id"):
-        return f"{topic}:event:{event_id}"
-    if webhook_id := headers.get("x-shopify-webhook-id"):
-        return f"{topic}:webhook:{webhook_id}"
-    return f"{topic}:sha256:{hashlib.sha256(raw).hexdigest()}"
+        key = f"{topic}:event:{event_id}"
+    elif webhook_id := headers.get("x-shopify-webhook-id"):
+        key = f"{topic}:webhook:{webhook_id}"
+    else:
+        return f"{topic}:sha256:{hashlib.sha256(raw).hexdigest()}"
+    # Never cut to fit: a cut key could make two events one.
+    return check_key(key, "header X-Shopify-Event-Id or X-Shopify-Webhook-Id", MAX_ID_CHARS)
+
+
+def _is_paid(order: Mapping[str, Any]) -> bool:
+    status = order.get("financial_status")
+    return isinstance(status, str) and status in PAID_STATUSES  # a list is unhashable
 
 
 def _order_paid(key: str, topic: str, order: dict[str, Any]) -> ParseResult:
+    status = order.get("financial_status")
+    if not _is_paid(order):  # the unsigned topic says paid; the body must agree
+        shown = described(status, FINANCIAL_STATUSES)
+        reason = f"orders/paid body is not paid (financial_status {shown}); not counted"
+        return ParseResult(key, topic, reason=reason)
     return ParseResult(key, topic, events=(_order_event(order),))
 
 
 def _order_created(key: str, topic: str, order: dict[str, Any]) -> ParseResult:
     status = order.get("financial_status")
-    if status not in PAID_STATUSES:
-        reason = f"order is not paid yet (financial_status {status!r}); orders/paid will count it"
+    if not _is_paid(order):
+        shown = described(status, FINANCIAL_STATUSES)
+        reason = f"order is not paid yet (financial_status {shown}); orders/paid will count it"
         return ParseResult(key, topic, reason=reason)
     return ParseResult(key, topic, events=(_order_event(order),))
 
 
 def _order_event(order: dict[str, Any]) -> NormalizedEvent:
-    order_id = get_int(order, "id")
-    currency = _currency(order.get("currency"), "currency")
-    amounts = {
-        "total": Money(from_decimal_string(order.get("total_price"), "total_price"), currency)
-    }
+    currency = currency_code(order.get("currency"), "currency")
+    total = from_decimal_string(order.get("total_price"), "total_price")
+    amounts = {"total": Money(total, currency)}
     if order.get("subtotal_price") is not None:
         subtotal = from_decimal_string(order["subtotal_price"], "subtotal_price")
         amounts["subtotal"] = Money(subtotal, currency)
@@ -91,13 +198,13 @@ def _order_event(order: dict[str, Any]) -> NormalizedEvent:
     return NormalizedEvent(
         kind=EventKind.PURCHASE,
         platform=platform,
-        order_id=str(order_id),
+        order_id=get_int_id(order, "id"),
         amounts=amounts,
-        item_count=_item_count(order.get("line_items")),
+        item_count=quantity_sum(_list(order.get("line_items")), "line_items[].quantity"),
         test_mode=order.get("test") is True,
         occurred_at=_timestamp(order.get("processed_at") or order.get("created_at")),
         attributes=_note_attributes(order.get("note_attributes")),
-        customer_id=optional_str(customer, "id"),
+        customer_id=optional_id(customer, "id"),
         email_digest=email_digest(email),
         raw=order,
     )
@@ -108,7 +215,7 @@ def _presentment_total(order: Mapping[str, Any]) -> Money | None:
     money = price_set.get("presentment_money") if isinstance(price_set, dict) else None
     if not isinstance(money, dict):
         return None
-    currency = _currency(money.get("currency_code"), "presentment_money.currency_code")
+    currency = currency_code(money.get("currency_code"), "presentment_money.currency_code")
     return Money(from_decimal_string(money.get("amount"), "presentment_money.amount"), currency)
 
 
@@ -122,16 +229,16 @@ def _refund_created(key: str, topic: str, refund: dict[str, Any]) -> ParseResult
             continue
         total += from_decimal_string(transaction.get("amount"), "transactions[].amount")
         if transaction.get("currency") is not None:  # null in Shopify's own sample
-            currency = _currency(transaction["currency"], "transactions[].currency")
+            currency = currency_code(transaction["currency"], "transactions[].currency")
     event = NormalizedEvent(
         kind=EventKind.REFUND,
         platform=platform,
-        order_id=str(get_int(refund, "id")),
-        amounts={"total": Money(total, currency)},
+        order_id=get_int_id(refund, "id"),
+        amounts={"total": Money(checked_amount(total, "transactions[].amount"), currency)},
         item_count=0,
         test_mode=False,
         occurred_at=_timestamp(refund.get("processed_at") or refund.get("created_at")),
-        refund_of=optional_str(refund, "order_id"),
+        refund_of=get_int_id(refund, "order_id"),
         raw=refund,
     )
     return ParseResult(key, topic, events=(event,))
@@ -143,16 +250,15 @@ def _refund_line_currency(refund: Mapping[str, Any]) -> str:
     for item in _list(refund.get("refund_line_items")):
         price_set = _object(_object(_object(item).get("line_item")).get("price_set"))
         code = _object(price_set.get("shop_money")).get("currency_code")
-        if isinstance(code, str) and len(code) == 3 and code.isalpha():
+        if isinstance(code, str) and code.isascii() and len(code) == 3 and code.isalpha():
             return code.upper()
     return NO_CURRENCY
 
 
 def _customers_redact(key: str, topic: str, body: dict[str, Any]) -> ParseResult:
     customer = _object(body.get("customer"))
-    orders = _list(body.get("orders_to_redact"))
-    order_ids = tuple(str(o) for o in orders if isinstance(o, int) and not isinstance(o, bool))
-    redaction = CustomerRedaction(customer_id=optional_str(customer, "id"), order_ids=order_ids)
+    order_ids = tuple(int_id(o, "orders_to_redact[]") for o in _list(body.get("orders_to_redact")))
+    redaction = CustomerRedaction(customer_id=optional_id(customer, "id"), order_ids=order_ids)
     return ParseResult(key, topic, reason="customer data erased", redaction=redaction)
 
 
@@ -175,43 +281,40 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _item_count(line_items: object) -> int:
-    if not isinstance(line_items, list):
-        return 0
-    return sum(
-        item["quantity"]
-        for item in line_items
-        if isinstance(item, dict) and type(item.get("quantity")) is int and item["quantity"] > 0
-    )
-
-
 def _note_attributes(value: object) -> dict[str, str]:
+    """Cart attributes (buyer-controlled), bounded like every attribute map. Integer values
+    are kept as their decimal text; other non-string values are dropped."""
+    entries: Iterable[tuple[object, object]]
     if isinstance(value, dict):  # some apps send a plain object
-        return {str(k): str(v) for k, v in value.items() if isinstance(v, str | int)}
-    if not isinstance(value, list):
+        entries = value.items()
+    elif isinstance(value, list):
+        entries = (
+            (item.get("name"), item.get("value")) for item in value if isinstance(item, dict)
+        )
+    else:
         return {}
-    result: dict[str, str] = {}
-    for item in value:
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
-            raw_value = item.get("value")
-            if isinstance(raw_value, str | int) and not isinstance(raw_value, bool):
-                result[item["name"]] = str(raw_value)
-    return result
+    return bounded_attributes((k, _text(v)) for k, v in entries)
 
 
-def _currency(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
-        raise PayloadError(f"{what} must be a three-letter currency code")
-    return value.upper()
+def _text(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**20:
+        return str(value)
+    return value
 
 
 def _timestamp(value: object) -> float:
-    if not isinstance(value, str):
+    """ISO 8601 time to Unix seconds; 0.0 (unknown) when absent, unreadable, or outside
+    1970..9999. A time without an offset is read as UTC, not as the server's local time."""
+    if not isinstance(value, str) or len(value) > 64:
         return 0.0
     try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    except (ValueError, OverflowError):
         return 0.0
+    return seconds if 0 <= seconds <= MAX_TIMESTAMP else 0.0
 
 
 TOPIC_HANDLERS: Mapping[str, Callable[[str, str, dict[str, Any]], ParseResult]] = {

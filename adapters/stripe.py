@@ -7,23 +7,36 @@ secret as UTF-8, hex. Any v1 may match (secret rolling); `v0` entries are ignore
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapters.base import PlatformAdapter, VerifySettings
 from adapters.payload import (
+    described,
     email_digest,
+    get_id,
     get_int,
+    get_key,
     get_object,
-    get_str,
+    get_timestamp,
     load_json_object,
-    optional_str,
+    optional_id,
+    quantity_sum,
     string_map,
 )
 from adapters.signing import any_hex_matches
 from webhooks.errors import SignatureError
-from webhooks.events import EventKind, Money, NormalizedEvent, ParseResult
-from webhooks.money import from_minor_units
+from webhooks.events import (
+    MAX_ID_CHARS,
+    MAX_TOPIC_CHARS,
+    EventKind,
+    Money,
+    NormalizedEvent,
+    ParseResult,
+    bounded_attributes,
+)
+from webhooks.money import currency_code, from_minor_units
 
 platform = "stripe"
 
@@ -36,6 +49,16 @@ INVOICE_KINDS: Mapping[str, EventKind] = {
     "subscription_threshold": EventKind.SUBSCRIPTION_RENEWAL,
 }
 PAID_SESSION_STATUSES = frozenset({"paid"})
+# Documented values, named in reasons; any other value is only called unexpected.
+SESSION_PAYMENT_STATUSES = frozenset({"paid", "unpaid", "no_payment_required"})
+SESSION_MODES = frozenset({"payment", "subscription", "setup"})
+
+# Stripe-Signature bounds: a real header is t plus one v1 per active secret (and a test-mode
+# v0), well under 1 KB. t is Unix seconds: 1..12 ASCII digits (int() would take "²" or "٣",
+# and a 5,000-digit value raises past Python's digit limit). v1 is a hex SHA-256 digest.
+MAX_SIGNATURE_HEADER_CHARS = 4096
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_V1 = re.compile(r"[0-9a-f]{64}")
 
 
 def verify(headers: Mapping[str, str], raw: bytes, settings: VerifySettings, now: float) -> None:
@@ -55,17 +78,23 @@ def verify(headers: Mapping[str, str], raw: bytes, settings: VerifySettings, now
 
 
 def _parse_signature_header(header: str) -> tuple[int, list[str]]:
+    """t and the v1 signatures; every malformed header is a SignatureError (401), never
+    another exception: this runs on unauthenticated input."""
+    if len(header) > MAX_SIGNATURE_HEADER_CHARS:
+        raise SignatureError("Stripe-Signature header is too long")
     timestamp: int | None = None
     signatures: list[str] = []
     for item in header.split(","):
         key, sep, value = item.strip().partition("=")
-        if not sep:
+        if not sep or not key:
             raise SignatureError("malformed Stripe-Signature header")
         if key == "t":
-            if not value.isdigit() or timestamp is not None:
+            if timestamp is not None or not _TIMESTAMP.fullmatch(value):
                 raise SignatureError("malformed Stripe-Signature timestamp")
             timestamp = int(value)
         elif key == "v1":
+            if not _V1.fullmatch(value):
+                raise SignatureError("malformed Stripe-Signature v1 signature")
             signatures.append(value)
     if timestamp is None:
         raise SignatureError("Stripe-Signature has no timestamp")
@@ -74,14 +103,16 @@ def _parse_signature_header(header: str) -> tuple[int, list[str]]:
 
 def parse(headers: Mapping[str, str], raw: bytes) -> ParseResult:
     envelope = load_json_object(raw)
-    event_id = get_str(envelope, "id")
-    event_type = get_str(envelope, "type")
+    event_id = get_key(envelope, "id", MAX_ID_CHARS)
+    event_type = get_key(envelope, "type", MAX_TOPIC_CHARS)
     obj = get_object(get_object(envelope, "data"), "object")
     handler = EVENT_HANDLERS.get(event_type)
     if handler is None:
+        # event_type is printable ASCII of at most 128 characters (get_key): safe to name.
         return ParseResult(event_id, event_type, reason=f"event type {event_type} is not used")
     context = _Context(
-        test_mode=envelope.get("livemode") is not True, occurred_at=get_int(envelope, "created")
+        test_mode=envelope.get("livemode") is not True,
+        occurred_at=get_timestamp(envelope, "created"),
     )
     outcome = handler(obj, context)
     if isinstance(outcome, str):
@@ -90,9 +121,9 @@ def parse(headers: Mapping[str, str], raw: bytes) -> ParseResult:
 
 
 class _Context:
-    def __init__(self, test_mode: bool, occurred_at: int) -> None:
+    def __init__(self, test_mode: bool, occurred_at: float) -> None:
         self.test_mode = test_mode
-        self.occurred_at = float(occurred_at)
+        self.occurred_at = occurred_at
 
     def event(
         self, kind: EventKind, order_id: str, obj: Mapping[str, Any], **fields: Any
@@ -103,35 +134,36 @@ class _Context:
             order_id=order_id,
             test_mode=self.test_mode,
             occurred_at=self.occurred_at,
-            customer_id=optional_str(obj, "customer"),
+            customer_id=optional_id(obj, "customer"),
             raw=obj,
             **fields,
         )
 
 
 def _money(obj: Mapping[str, Any], amount_key: str) -> Money:
-    currency = get_str(obj, "currency").upper()
-    return Money(from_minor_units(obj.get(amount_key), currency), currency)
+    currency = currency_code(obj.get("currency"), "currency")
+    return Money(from_minor_units(obj.get(amount_key), currency, amount_key), currency)
 
 
 def _checkout_session(session: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
     status = session.get("payment_status")
-    if status not in PAID_SESSION_STATUSES:
-        return f"checkout session payment_status is {status!r}; only a paid session counts"
+    if not (isinstance(status, str) and status in PAID_SESSION_STATUSES):  # lists: unhashable
+        shown = described(status, SESSION_PAYMENT_STATUSES)
+        return f"checkout session payment_status is {shown}; only a paid session counts"
     mode = session.get("mode")
     if mode == "subscription":
-        order_id = optional_str(session, "subscription") or get_str(session, "id")
+        order_id = optional_id(session, "subscription") or get_id(session, "id")
     elif mode == "payment":
-        order_id = optional_str(session, "payment_intent") or get_str(session, "id")
+        order_id = optional_id(session, "payment_intent") or get_id(session, "id")
     else:
-        return f"checkout session mode {mode!r} takes no payment"
+        return f"checkout session mode {described(mode, SESSION_MODES)} takes no payment"
     amounts = {"total": _money(session, "amount_total")}
     if isinstance(session.get("amount_subtotal"), int):
         amounts["subtotal"] = _money(session, "amount_subtotal")
     details = session.get("presentment_details")
     if isinstance(details, dict) and details.get("presentment_currency"):
-        currency = str(details["presentment_currency"]).upper()
-        value = from_minor_units(details.get("presentment_amount"), currency)
+        currency = currency_code(details["presentment_currency"], "presentment_currency")
+        value = from_minor_units(details.get("presentment_amount"), currency, "presentment_amount")
         amounts["presentment_total"] = Money(value, currency)
     customer_details = session.get("customer_details")
     email = customer_details.get("email") if isinstance(customer_details, dict) else None
@@ -150,7 +182,7 @@ def _payment_intent(intent: dict[str, Any], ctx: _Context) -> NormalizedEvent | 
     received = "amount_received" if isinstance(intent.get("amount_received"), int) else "amount"
     return ctx.event(
         EventKind.PURCHASE,
-        get_str(intent, "id"),
+        get_id(intent, "id"),
         intent,
         amounts={"total": _money(intent, received)},
         item_count=1,
@@ -161,23 +193,25 @@ def _payment_intent(intent: dict[str, Any], ctx: _Context) -> NormalizedEvent | 
 
 def _invoice(invoice: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
     reason = invoice.get("billing_reason")
-    kind = INVOICE_KINDS.get(str(reason), EventKind.PURCHASE)
+    kind = INVOICE_KINDS.get(reason) if isinstance(reason, str) else None  # str(): unbounded
     subscription, sub_metadata = _invoice_subscription(invoice)
-    invoice_id = get_str(invoice, "id")
+    invoice_id = get_id(invoice, "id")
     order_id = subscription if reason == "subscription_create" and subscription else invoice_id
     lines = invoice.get("lines")
     line_data = lines.get("data") if isinstance(lines, dict) else None
-    attributes = {}
+    attributes: dict[str, str] = {}
     for line in line_data if isinstance(line_data, list) else []:
         if isinstance(line, dict):
             attributes.update(string_map(line.get("metadata")))
     attributes.update(sub_metadata)
     attributes.update(string_map(invoice.get("metadata")))
+    # Each map is bounded; their merge is bounded again (many lines, 50 keys each).
+    attributes = bounded_attributes(attributes.items())
     amounts = {"total": _money(invoice, "amount_paid")}
     if isinstance(invoice.get("subtotal"), int):
         amounts["subtotal"] = _money(invoice, "subtotal")
     return ctx.event(
-        kind,
+        kind or EventKind.PURCHASE,
         order_id,
         invoice,
         amounts=amounts,
@@ -196,10 +230,10 @@ def _invoice_subscription(invoice: Mapping[str, Any]) -> tuple[str | None, dict[
     parent = invoice.get("parent")
     details = parent.get("subscription_details") if isinstance(parent, dict) else None
     if isinstance(details, dict):
-        return optional_str(details, "subscription"), string_map(details.get("metadata"))
+        return optional_id(details, "subscription"), string_map(details.get("metadata"))
     legacy = invoice.get("subscription_details")
     metadata = string_map(legacy.get("metadata")) if isinstance(legacy, dict) else {}
-    return optional_str(invoice, "subscription"), metadata
+    return optional_id(invoice, "subscription"), metadata
 
 
 def _line_item_count(lines: object) -> int:
@@ -207,17 +241,12 @@ def _line_item_count(lines: object) -> int:
     data = lines.get("data") if isinstance(lines, dict) else None
     if not isinstance(data, list):
         return 1
-    total = sum(
-        line["quantity"]
-        for line in data
-        if isinstance(line, dict) and type(line.get("quantity")) is int and line["quantity"] > 0
-    )
-    return total or 1
+    return quantity_sum(data, "lines.data[].quantity") or 1
 
 
 def _charge_refunded(charge: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
     refunded = get_int(charge, "amount_refunded")
-    charge_id = get_str(charge, "id")
+    charge_id = get_id(charge, "id")
     # amount_refunded is cumulative: each partial refund gives a distinct key.
     return ctx.event(
         EventKind.REFUND,
@@ -225,18 +254,18 @@ def _charge_refunded(charge: dict[str, Any], ctx: _Context) -> NormalizedEvent |
         charge,
         amounts={"total": _money(charge, "amount_refunded")},
         item_count=0,
-        refund_of=optional_str(charge, "payment_intent") or charge_id,
+        refund_of=optional_id(charge, "payment_intent") or charge_id,
     )
 
 
 def _refund(refund: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
     return ctx.event(
         EventKind.REFUND,
-        get_str(refund, "id"),
+        get_id(refund, "id"),
         refund,
         amounts={"total": _money(refund, "amount")},
         item_count=0,
-        refund_of=optional_str(refund, "payment_intent") or optional_str(refund, "charge"),
+        refund_of=optional_id(refund, "payment_intent") or optional_id(refund, "charge"),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "shopify" / "orders_paid.json"
-SECRET = "shpss_bench_secret"
+SECRET = "shpss_bench_secret_0123"  # check-config wants 16+ characters
 SOURCE = "shop"
 PAIR = "100-200"
 _SENTINEL = 987_654_321_987_654_321
@@ -41,6 +41,7 @@ class ShopifyWebhooks:
         order = json.loads(FIXTURE.read_text())
         order["id"] = _SENTINEL
         order["test"] = False
+        order["financial_status"] = "paid"  # the sample says "voided" (SOURCES.md)
         order["note_attributes"] = [{"name": "convert_experiments", "value": PAIR}]
         text = json.dumps(order).encode()
         self._prefix, self._suffix = text.split(str(_SENTINEL).encode())

@@ -41,6 +41,7 @@ def stripe_request() -> tuple[bytes, dict[str, str]]:
 def shopify_request() -> tuple[bytes, dict[str, str]]:
     order = json.loads((FIXTURES / "shopify" / "orders_paid.json").read_text())
     order["note_attributes"] = [{"name": "convert_experiments", "value": PAIRS}]
+    order["financial_status"] = "paid"  # the published sample says "voided" (SOURCES.md)
     body = json.dumps(order).encode()
     secret = os.environ.get("SHOPIFY_WEBHOOK_SECRET", "shpss_example_secret")
     digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.stripe import ADAPTER
 from tests.payloads import body, stripe_event
@@ -212,3 +215,105 @@ def test_unused_event_type_is_ignored_with_reason() -> None:
 def test_malformed_bodies_raise_payload_error(raw: bytes) -> None:
     with pytest.raises(PayloadError):
         ADAPTER.parse({}, raw)
+
+
+# --- Stripe-Signature on unauthenticated input: every malformed header is a SignatureError --
+
+V1 = "0" * 64
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"t=\u00b2,v1={V1}",  # superscript two: str.isdigit() is true, int() raises
+        f"t=\u0663,v1={V1}",  # Arabic-Indic three: isdigit() and int() both accept it
+        f"t={'9' * 5000},v1={V1}",  # past int()'s 4,300-digit limit
+        f"t={'1' * 13},v1={V1}",  # more than 12 digits
+        f"t=-1,v1={V1}",
+        f"t=+1,v1={V1}",
+        f"t=1.5,v1={V1}",
+        f"t=,v1={V1}",
+        f"t={NOW},,v1={V1}",  # an empty item
+        f"t={NOW},v1={V1},",  # a trailing comma
+        f"t={NOW},t={NOW},v1={V1}",  # a duplicate t
+        f"t={NOW},={V1}",
+        f"t={NOW},v1={'z' * 64}",  # v1 not hex
+        f"t={NOW},v1={'A' * 64}",  # Stripe's hex is lower case
+        f"t={NOW},v1={V1[:10]}",
+        f"t={NOW},v1={V1}," + ",".join([f"v1={V1}"] * 2000),  # ~140 KB
+        f"t={NOW},v0={'x' * 100_000}",  # 100 KB
+        ",",
+        "=",
+    ],
+)
+def test_every_malformed_signature_header_is_a_signature_error(header: str) -> None:
+    with pytest.raises(SignatureError):
+        verify(header)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(
+    st.lists(
+        st.sampled_from(["t", "v1", "v0", "", " t", "T"])
+        .flatmap(lambda key: st.tuples(st.just(key), st.text(max_size=70)))
+        .map(lambda kv: f"{kv[0]}={kv[1]}"),
+        max_size=4,
+    ).map(",".join)
+    | st.text(max_size=200)
+)
+def test_any_signature_header_is_accepted_or_a_signature_error(header: str) -> None:
+    try:
+        verify(header)
+    except SignatureError:
+        return
+    raise AssertionError("an unsigned header verified")
+
+
+def test_signature_errors_do_not_quote_the_header() -> None:
+    with pytest.raises(SignatureError) as caught:
+        verify(f"t={NOW},v1=<script>")
+    assert "<script>" not in str(caught.value)
+
+
+# --- values checked at parse time: named fields, never quoted values ----------------------
+
+
+def test_amounts_and_currency_out_of_bounds_are_payload_errors_naming_the_field() -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"amount_received": 10**100}, "amount_received"),
+        ({"amount_received": -5}, "amount_received"),
+        ({"currency": "ÅÄÖ"}, "currency"),
+        ({"currency": "us"}, "currency"),
+    ]
+    for changes, field in cases:
+        with pytest.raises(PayloadError, match=f"'{field}'") as caught:
+            parse(stripe_event("payment_intent_succeeded", **changes))
+        assert "10000" not in str(caught.value) and "ÅÄÖ" not in str(caught.value)
+
+
+def test_invoice_line_quantities_are_bounded() -> None:
+    event = stripe_event("invoice_paid_basil")
+    lines = event["data"]["object"]["lines"]
+    lines["data"] = [{"quantity": 10**6 + 1}]
+    with pytest.raises(PayloadError, match="quantity"):
+        parse(event)
+    lines["data"] = [{"quantity": 10**6}] * 2200  # 2.2e9: past a 32-bit column
+    with pytest.raises(PayloadError, match="quantity"):
+        parse(event)
+    lines["data"] = [{"quantity": 10**6}] * 3
+    assert parse(event).events[0].item_count == 3 * 10**6
+
+
+def test_unpaid_session_reason_names_only_documented_statuses() -> None:
+    unpaid = parse(stripe_event("checkout_session_completed", payment_status="unpaid"))
+    expected = "checkout session payment_status is 'unpaid'; only a paid session counts"
+    assert unpaid.reason == expected
+    odd = parse(stripe_event("checkout_session_completed", payment_status=["x"]))
+    assert "an unexpected value" in (odd.reason or "")
+    mode = parse(stripe_event("checkout_session_completed", mode="a\nb"))
+    assert mode.reason == "checkout session mode an unexpected value takes no payment"
+
+
+def test_billing_reason_of_any_type_is_read_without_str() -> None:
+    event = stripe_event("invoice_paid_basil", billing_reason=[[[]]])
+    assert parse(event).events[0].kind is EventKind.PURCHASE

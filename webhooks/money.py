@@ -1,10 +1,28 @@
-"""Money conversions: never through float."""
+"""Money conversions and bounds: never through float.
+
+An amount is valid when it is finite, not negative, below MAX_AMOUNT (10**12 major units: more
+than any single order, and 18 digits with the places below, so it fits the 40-character
+`amount` column and Decimal's 28-digit default precision) and has at most MAX_PLACES decimal
+places (no currency has more than 3; 6 keeps `str()` free of exponent notation). Amounts are
+returned in canonical form: "1E+2" becomes 100, "-0" becomes 0, and trailing zeros beyond 6
+places are dropped ("1.50000000" -> 1.500000). Refunds use the same rule: a refund amount
+is positive, like the platforms send it. Errors name the field, never the value.
+"""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 from webhooks.errors import PayloadError
+
+MAX_AMOUNT = Decimal(10) ** 12  # exclusive, major units
+MAX_PLACES = 6
+_ONE = Decimal(1)
+# A plain decimal string as platforms send it ("49.00"): ASCII digits only ("٣" and "²" are
+# digits to Python, and Decimal also takes "1_000", " 1 ", "1e30", "NaN" and "Infinity").
+_DECIMAL_STRING = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?", re.ASCII)
+_CURRENCY = re.compile(r"[A-Z]{3}", re.ASCII)
 
 # Stripe's currency exponents (docs.stripe.com/currencies). ISK and UGX are whole-unit
 # currencies that Stripe represents with two decimals, so they stay in the default case.
@@ -39,21 +57,76 @@ def stripe_exponent(currency: str) -> int:
     return 2
 
 
-def from_minor_units(amount: object, currency: str) -> Decimal:
+def is_currency_code(value: object) -> bool:
+    """Exactly three upper-case ASCII letters ("ÅÄÖ".isalpha() is true: not a code)."""
+    return isinstance(value, str) and _CURRENCY.fullmatch(value) is not None
+
+
+def currency_code(value: object, what: str) -> str:
+    """A currency code as platforms send it (any case), upper-cased; PayloadError otherwise."""
+    if not isinstance(value, str) or not value.isascii() or not is_currency_code(value.upper()):
+        raise PayloadError(f"field '{what}' must be a three-letter currency code")
+    return value.upper()
+
+
+def is_canonical_amount(value: Decimal) -> bool:
+    """What `checked_amount` returns: in range, exponent in [-MAX_PLACES, 0], no sign."""
+    if not value.is_finite() or value.is_signed() or value >= MAX_AMOUNT:
+        return False
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and -MAX_PLACES <= exponent <= 0
+
+
+def checked_amount(value: Decimal, what: str) -> Decimal:
+    """The canonical form of a valid amount, or PayloadError naming the field."""
+    if not value.is_finite():
+        raise PayloadError(f"field '{what}' is not a finite number")
+    if value < 0:  # Decimal("-0") == 0: negative zero passes and loses its sign below
+        raise PayloadError(f"field '{what}' must not be negative")
+    if value >= MAX_AMOUNT:
+        raise PayloadError(f"field '{what}' is not below {MAX_AMOUNT:f}")
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite, checked above
+    if exponent > 0:
+        return value.quantize(_ONE).copy_abs()  # "1E+2" -> 100; exact: below 10**12
+    if exponent < -MAX_PLACES:
+        value = _drop_trailing_zeros(digits, exponent, what)
+    return value.copy_abs()
+
+
+def _drop_trailing_zeros(digits: tuple[int, ...], exponent: int, what: str) -> Decimal:
+    """Drop zeros past MAX_PLACES: "1.50000000" -> 1.500000; "1e-999999" is refused.
+
+    Built from the digits, so no Decimal context (precision, Emin) is involved."""
+    excess = -MAX_PLACES - exponent
+    if any(digits[-excess:]):  # the whole coefficient when excess >= len(digits)
+        raise PayloadError(f"field '{what}' has more than {MAX_PLACES} decimal places")
+    return Decimal((0, digits[:-excess] or (0,), -MAX_PLACES))
+
+
+def from_minor_units(amount: object, currency: str, what: str = "amount") -> Decimal:
     """Stripe integer minor units to a Decimal in major units."""
     if isinstance(amount, bool) or not isinstance(amount, int):
-        raise PayloadError(f"amount must be an integer number of minor units, got {amount!r}")
-    return Decimal(amount).scaleb(-stripe_exponent(currency))
+        raise PayloadError(f"field '{what}' must be an integer number of minor units")
+    exponent = stripe_exponent(currency)
+    if not 0 <= amount < MAX_AMOUNT * 10**exponent:  # before Decimal: no huge ints past here
+        raise PayloadError(f"field '{what}' is out of range")
+    return checked_amount(Decimal(amount).scaleb(-exponent), what)
 
 
 def from_decimal_string(value: object, what: str) -> Decimal:
-    """A decimal amount as platforms like Shopify send it ("49.00")."""
+    """A decimal amount as platforms like Shopify send it ("49.00"), or a JSON number."""
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise PayloadError(f"{what} must be a decimal string, got {value!r}")
+        raise PayloadError(f"field '{what}' must be a decimal string")
+    if isinstance(value, str):
+        if len(value) > 64 or not _DECIMAL_STRING.fullmatch(value):
+            raise PayloadError(f"field '{what}' is not a decimal number")
+        value = Decimal(value)
+    elif isinstance(value, int):
+        if not 0 <= value < MAX_AMOUNT:  # before Decimal: no huge ints past here
+            raise PayloadError(f"field '{what}' is out of range")
+        value = Decimal(value)
     try:
-        result = Decimal(value)
-    except InvalidOperation as exc:
-        raise PayloadError(f"{what} is not a decimal number: {value!r}") from exc
-    if not result.is_finite():
-        raise PayloadError(f"{what} is not a finite number: {value!r}")
-    return result
+        return checked_amount(value, what)
+    except InvalidOperation as exc:  # defensive: no Decimal arithmetic should signal here
+        raise PayloadError(f"field '{what}' is not a decimal number") from exc

@@ -1,0 +1,109 @@
+"""Attribution from order attributes: experiment data is buyer-controlled (a Shopify cart
+attribute), so it is read in linear time, with ASCII digit ids, and capped per order."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhooks.attribution import MAX_VALUE_CHARS, from_attributes
+from webhooks.reasons import MALFORMED_EXPERIMENT_DATA, NO_EXPERIMENT_DATA
+
+KEY = "convert_experiments"
+
+
+def pairs_value(count: int, start: int = 1) -> str:
+    return ",".join(f"{n}-{n + 1}" for n in range(start, start + count))
+
+
+def test_ten_thousand_pairs_parse_in_linear_time_and_keep_the_first_twenty() -> None:
+    pairs = [f"{e}-{v}" for e in range(100) for v in range(100)]  # 10,000 distinct, < 64 KB
+    started = time.perf_counter()
+    result = from_attributes({KEY: ",".join(pairs)}, KEY)
+    elapsed = time.perf_counter() - started
+    # Quadratic `pair not in list` took seconds here; one pass with a dict takes milliseconds.
+    assert elapsed < 0.5
+    assert result.pairs == tuple(pairs[:20])
+    assert result.dropped == 10_000 - 20
+    assert result.note == "kept the first 20 of 10000 experiment pairs"
+    assert result.reason_code is None
+
+
+def test_max_pairs_is_a_parameter_and_repeats_do_not_count() -> None:
+    result = from_attributes({KEY: "1-2,1-2,3-4,01-2,5-6,7-8"}, KEY, max_pairs=2)
+    assert result.pairs == ("1-2", "3-4")
+    assert (result.dropped, result.note) == (2, "kept the first 2 of 4 experiment pairs")
+
+
+def test_within_the_cap_nothing_is_dropped_and_there_is_no_note() -> None:
+    result = from_attributes({KEY: pairs_value(20)}, KEY)
+    assert (len(result.pairs), result.dropped, result.note) == (20, 0, None)
+
+
+def test_max_pairs_below_one_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="max_pairs"):
+        from_attributes({KEY: "1-2"}, KEY, max_pairs=0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\u0663-\u0664",  # Arabic-Indic digits: `\d` and int() accept them
+        "\uff11-\uff12",  # full-width digits
+        "\u00b2-3",  # superscript two: str.isdigit() is true
+        "+1-2",
+        "1-+2",
+        "-1-2",
+        "1-2-3",
+        "1" * 21 + "-2",
+        "1 - 2",
+        "\ud800-1",
+    ],
+)
+def test_ids_are_one_to_twenty_ascii_digits(value: str) -> None:
+    result = from_attributes({KEY: value}, KEY)
+    assert result.pairs == ()
+    assert result.reason_code == MALFORMED_EXPERIMENT_DATA
+
+
+def test_twenty_digit_ids_and_padding_are_accepted() -> None:
+    big = "9" * 20
+    assert from_attributes({KEY: f" {big}-{big} , 007-8"}, KEY).pairs == (f"{big}-{big}", "7-8")
+
+
+def test_only_the_first_64k_characters_are_read_and_a_cut_last_piece_is_ignored() -> None:
+    head = "1-2," + " " * (MAX_VALUE_CHARS - 4 - 4)  # "1-2," then padding
+    value = head + "3-45678,9-10"  # the cut falls inside "3-45678"
+    result = from_attributes({KEY: value}, KEY)
+    assert result.pairs == ("1-2",)  # not "3-4", a pair the buyer never had
+    assert result.note is not None and str(MAX_VALUE_CHARS) in result.note
+
+
+def test_a_megabyte_of_experiment_data_is_bounded_work() -> None:
+    started = time.perf_counter()
+    result = from_attributes({KEY: "1-2," * 250_000}, KEY)
+    assert time.perf_counter() - started < 0.5
+    assert result.pairs == ("1-2",)
+
+
+def test_missing_empty_or_non_string_value_is_no_experiment_data() -> None:
+    for attributes in ({}, {KEY: ""}, {KEY: "  "}, {KEY: 5}):
+        result = from_attributes(attributes, KEY)  # type: ignore[arg-type]
+        assert result.reason_code == NO_EXPERIMENT_DATA
+
+
+@settings(max_examples=200, deadline=None, database=None, derandomize=True)
+@given(st.text(alphabet=st.sampled_from("0123456789-, +\u0663\u00b2x"), max_size=200))
+def test_any_value_gives_bounded_ascii_pairs(value: str) -> None:
+    result = from_attributes({KEY: value}, KEY, max_pairs=3)
+    assert len(result.pairs) <= 3
+    assert len(set(result.pairs)) == len(result.pairs)
+    for pair in result.pairs:
+        experiment, variation = pair.split("-")
+        assert experiment.isascii() and experiment.isdigit() and len(experiment) <= 20
+        assert variation.isascii() and variation.isdigit() and len(variation) <= 20
+    assert result.dropped >= 0
+    assert (result.note is None) == (result.dropped == 0)
