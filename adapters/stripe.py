@@ -109,7 +109,7 @@ def parse(headers: Mapping[str, str], raw: bytes) -> ParseResult:
     handler = EVENT_HANDLERS.get(event_type)
     if handler is None:
         # event_type is printable ASCII of at most 128 characters (get_key): safe to name.
-        return ParseResult(event_id, event_type, reason=f"event type {event_type} is not used")
+        return ParseResult(event_id, event_type, reason="this event type is not used")
     context = _Context(
         test_mode=envelope.get("livemode") is not True,
         occurred_at=get_timestamp(envelope, "created"),

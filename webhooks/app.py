@@ -12,7 +12,7 @@ from webhooks.config import Settings, load_settings
 from webhooks.database import make_engine
 from webhooks.dispatcher import Dispatcher
 from webhooks.errors import ConvertWebhooksError, StorageError
-from webhooks.logs import configure_logging
+from webhooks.logs import configure_logging, describe
 from webhooks.runtime import Runtime
 from webhooks.sender import Sender
 
@@ -43,6 +43,7 @@ def create_app(
     app.register_blueprint(bp)
     app.register_error_handler(ConvertWebhooksError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
     return app
 
 
@@ -60,14 +61,23 @@ def runtime_of(app: Flask) -> Runtime:
 
 
 def _service_error(exc: ConvertWebhooksError) -> tuple[Response, int]:
-    if isinstance(exc, StorageError):
-        log.error("storage unavailable: %s", exc)
     response = jsonify(error=str(exc))
     if isinstance(exc, StorageError):
-        response.headers["Retry-After"] = "30"
+        log.error("storage unavailable: %s (%s)", exc, describe(exc))
+        response.headers["Retry-After"] = exc.retry_after
     return response, exc.http_status
 
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
-    code = exc.code or 500
-    return jsonify(error=exc.description or exc.name), code
+    response = jsonify(error=exc.description or exc.name)
+    for name, value in exc.get_headers():  # e.g. Allow on a 405
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, exc.code or 500
+
+
+def _unexpected_error(exc: Exception) -> tuple[Response, int]:
+    """A bug, not a client's doing: JSON like every other answer, and one log line with the
+    type and place (Flask's default would log the traceback, messages quoting values)."""
+    log.error("unexpected error: %s", describe(exc))
+    return jsonify(error="internal error"), 500

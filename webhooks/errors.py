@@ -7,6 +7,10 @@ cannot be written is 503 (the platform retries), never a 500.
 
 from __future__ import annotations
 
+# What a buggy or hostile payload can make a mapping function raise besides PayloadError. A
+# signed body that does so is kept as rejected (replayable after a fix) and answered 400.
+PARSE_FAILURES = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
+
 
 class ConvertWebhooksError(Exception):
     """Root of every error this service raises on purpose."""
@@ -39,3 +43,22 @@ class StorageError(ConvertWebhooksError):
     """The database could not be read or written; the caller should retry later."""
 
     http_status = 503
+    retry_after = "30"  # seconds, the Retry-After of every 503
+
+
+class UnstorableError(PayloadError):
+    """A verified delivery holds a value the database refuses (too long for a column, NUL in
+    PostgreSQL text, an integer out of range, ...). Retrying cannot help: a 400, and the body
+    is kept as rejected."""
+
+
+class RequestBodyError(ConvertWebhooksError):
+    """The request body could not be read (the client broke off, a malformed chunk)."""
+
+    http_status = 400
+
+
+class BodyTooLargeError(RequestBodyError):
+    """The request body is larger than `server.max_body_bytes`."""
+
+    http_status = 413

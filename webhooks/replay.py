@@ -16,22 +16,27 @@ from sqlalchemy import Engine, select, update
 from adapters import REGISTRY
 from webhooks import reasons
 from webhooks.config import Settings
-from webhooks.database import transaction
-from webhooks.errors import ConvertWebhooksError, PayloadError
+from webhooks.errors import PARSE_FAILURES, ConvertWebhooksError, PayloadError
+from webhooks.events import ParseResult
+from webhooks.logs import describe, escape
 from webhooks.schema import deliveries, events, sends
-from webhooks.store import Delivery, IngestOutcome, store_events
+from webhooks.store import Delivery, IngestOutcome, checked_transaction, store_events
 
 RESENDABLE_STATES = ("dead", "skipped", "dry_run")
+MAX_ID = 2**63 - 1  # ids are BIGINT; a larger number names nothing (and SQLite cannot bind it)
 
 
 class ReplayError(ConvertWebhooksError):
-    """The thing asked for cannot be replayed (unknown, erased, or its source is gone)."""
+    """The thing asked for cannot be replayed (unknown, erased, its source is gone, or its
+    body still cannot be read or stored)."""
 
 
 def replay_delivery(
     engine: Engine, settings: Settings, delivery_id: int, now: float
 ) -> IngestOutcome:
-    with transaction(engine) as conn:
+    if not 0 < delivery_id <= MAX_ID:
+        raise ReplayError(f"no delivery {delivery_id}")
+    with checked_transaction(engine) as conn:
         row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
     if row is None:
         raise ReplayError(f"no delivery {delivery_id}")
@@ -39,18 +44,35 @@ def replay_delivery(
         raise ReplayError(f"delivery {delivery_id} was erased on the platform's request")
     source = settings.sources.get(row.source)
     if source is None:
-        raise ReplayError(f"source '{row.source}' is no longer configured")
+        raise ReplayError(f"source '{escape(row.source)}' is no longer configured")
     headers = json.loads(row.headers)
-    result = REGISTRY[source.platform].parse(headers, row.body)
+    result = _parse(source.platform, headers, row.body, delivery_id)
     delivery = Delivery(
         source, settings.convert.project_id, settings.goals, headers, row.body, result
     )
-    return store_events(engine, delivery, delivery_id, now)
+    try:
+        return store_events(engine, delivery, delivery_id, now)
+    except PayloadError as exc:  # UnstorableError: the database refuses a value
+        raise ReplayError(f"delivery {delivery_id} cannot be stored: {escape(str(exc))}") from exc
+
+
+def _parse(platform: str, headers: dict[str, str], body: bytes, delivery_id: int) -> ParseResult:
+    """Parse a stored body again; a body that still fails says why (escaped: the message
+    reaches a terminal), whatever the parser raised."""
+    try:
+        return REGISTRY[platform].parse(headers, body)
+    except PayloadError as exc:
+        reason = escape(str(exc))
+    except PARSE_FAILURES as exc:
+        reason = f"unreadable payload ({describe(exc)})"
+    raise ReplayError(f"delivery {delivery_id} still cannot be read: {reason}")
 
 
 def resend_events(engine: Engine, event_ids: Sequence[int] | None, now: float) -> list[int]:
     """Queue events again (all dead ones when `event_ids` is None); returns the ids queued."""
-    with transaction(engine) as conn:
+    if event_ids is not None:
+        event_ids = [i for i in event_ids if 0 < i <= MAX_ID]  # others name no event
+    with checked_transaction(engine) as conn:
         query = select(events.c.id, events.c.state)
         query = (
             query.where(events.c.state == "dead")
@@ -78,6 +100,3 @@ def resend_events(engine: Engine, event_ids: Sequence[int] | None, now: float) -
         }
         conn.execute(update(events).where(events.c.id.in_(chosen)).values(**values))
         return chosen
-
-
-__all__ = ["ReplayError", "replay_delivery", "resend_events", "PayloadError"]

@@ -1,30 +1,42 @@
 """HTTP routes: receive (verify, parse, store, answer) and the health probes.
 
-The request path does no network calls and nothing the dispatcher can do later.
+The request path does no network calls and nothing the dispatcher can do later. Whatever a
+client sends gets a 4xx with a message naming the field, never its value, and one log line
+with the error's type and place, never a traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import traceback
+import re
 from typing import NoReturn
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.wsgi import get_input_stream
 
 from adapters import REGISTRY
+from adapters.base import PlatformAdapter
 from webhooks.config import SourceSettings
-from webhooks.errors import PayloadError
+from webhooks.errors import (
+    PARSE_FAILURES,
+    BodyTooLargeError,
+    PayloadError,
+    RequestBodyError,
+    SignatureError,
+    StorageError,
+    UnstorableError,
+)
+from webhooks.logs import describe
 from webhooks.runtime import Runtime
-from webhooks.store import Delivery, ingest, store_rejected
+from webhooks.store import UNREADABLE_TOPIC, Delivery, ingest, store_rejected
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
-# What a buggy or hostile payload can make a mapping function raise. Such a body is stored
-# as rejected (replayable after a fix) and answered 400, never 500.
-_PARSE_FAILURES = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
+# Source names as the config allows them; anything else is not echoed back.
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_READ_SIZE = 65_536
 
 
 def runtime() -> Runtime:
@@ -39,11 +51,12 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    try:
-        runtime().check_database()
-    except SQLAlchemyError as exc:
-        log.warning("readiness: database unreachable (%s)", type(exc).__name__)
-        return jsonify(status="unavailable", error="database unreachable"), 503
+    problems = runtime().readiness()
+    if problems:
+        log.warning("readiness: %s", "; ".join(problems))
+        response = jsonify(status="unavailable", error=problems[0], problems=problems)
+        response.headers["Retry-After"] = StorageError.retry_after
+        return response, 503
     return jsonify(status="ready"), 200
 
 
@@ -52,32 +65,89 @@ def receive(source_name: str) -> tuple[Response, int]:
     rt = runtime()
     source = rt.settings.sources.get(source_name)
     if source is None:
-        return jsonify(error=f"unknown source '{source_name}'"), 404
-    raw = request.get_data(cache=False)
+        return jsonify(error=_unknown_source(source_name)), 404
+    raw = read_body(rt.settings.max_body_bytes)
     headers = {name.lower(): value for name, value in request.headers.items()}
     adapter = REGISTRY[source.platform]
     now = rt.clock.now()
-    adapter.verify(headers, raw, source, now)
+    _verify(adapter, source, headers, raw, now)
     try:
         result = adapter.parse(headers, raw)
-    except (PayloadError, *_PARSE_FAILURES) as exc:
-        _keep_rejected(rt, source, headers, raw, exc, now)
+    except (PayloadError, *PARSE_FAILURES) as exc:
+        _keep_rejected(rt, source, headers, raw, exc, now, UNREADABLE_TOPIC)
     rt.ensure_schema()
     delivery = Delivery(
         source, rt.settings.convert.project_id, rt.settings.goals, headers, raw, result
     )
-    outcome = ingest(rt.engine, delivery, now)
+    try:
+        outcome = ingest(rt.engine, delivery, now)
+    except UnstorableError as exc:
+        _keep_rejected(rt, source, headers, raw, exc, now, result.topic)
     if outcome.has_pending:
         rt.dispatcher.wake()
+    # The topic is not logged: it is whatever the sender wrote; the kinds are ours.
     log.info(
-        "webhook source=%s topic=%s status=%s delivery=%s events=%d",
-        source_name,
-        result.topic,
+        "webhook source=%s status=%s delivery=%s events=%s",
+        source.name,
         outcome.status,
         outcome.delivery_id,
-        len(outcome.events),
+        ",".join(e["kind"] for e in outcome.events) or "-",
     )
     return jsonify(outcome.as_json()), 200
+
+
+def _unknown_source(name: str) -> str:
+    # The name comes from the URL: echoed only when it is one a config could hold.
+    return f"unknown source '{name}'" if _SOURCE_NAME.fullmatch(name) else "unknown source"
+
+
+def read_body(limit: int) -> bytes:
+    """The whole raw body, or BodyTooLargeError (413) past `limit` bytes, RequestBodyError
+    (400) when it cannot be read whole: a cut body never reaches verification.
+
+    Read here rather than with `request.get_data()`: a chunked body has no Content-Length,
+    and werkzeug's MAX_CONTENT_LENGTH cap then silently stops at the limit. Reading one byte
+    past the limit tells "exactly the limit" from "more"."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLargeError(f"body is larger than {limit} bytes")
+    # With a Content-Length: exactly that many bytes (fewer is an error). Without one: the
+    # stream as far as the server ends it (gunicorn de-chunks), or empty if it cannot.
+    stream = get_input_stream(request.environ, max_content_length=None)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = stream.read(min(_READ_SIZE, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except Exception as exc:  # a broken chunk, a client gone: the client's doing, not a 500
+        log.info("request body unreadable: %s", describe(exc))
+        raise RequestBodyError("request body could not be read whole") from exc
+    if size > limit:
+        raise BodyTooLargeError(f"body is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def _verify(
+    adapter: PlatformAdapter,
+    source: SourceSettings,
+    headers: dict[str, str],
+    raw: bytes,
+    now: float,
+) -> None:
+    """Raise SignatureError (401) unless the request is signed; nothing unauthenticated can
+    make anything else happen (a crash in a header parser is a refusal too)."""
+    try:
+        adapter.verify(headers, raw, source, now)
+    except SignatureError as exc:
+        log.info("source=%s: signature refused: %s", source.name, describe(exc))
+        raise
+    except Exception as exc:
+        log.warning("source=%s: signature check failed: %s", source.name, describe(exc))
+        raise SignatureError("signature header could not be read") from exc
 
 
 def _keep_rejected(
@@ -87,23 +157,24 @@ def _keep_rejected(
     raw: bytes,
     exc: Exception,
     now: float,
+    topic: str,
 ) -> NoReturn:
-    """Store a signed body we cannot read (nothing is lost; `replay` can run it after a fix),
-    then answer 400."""
-    if isinstance(exc, PayloadError):
+    """Store a signed body we cannot read or store (nothing is lost; `replay` can run it after
+    a fix), then answer 400. Logged as one line: type and place, no values."""
+    if isinstance(exc, UnstorableError):
         reason = str(exc)
+        log.warning("source=%s: database refused a value: %s", source.name, describe(exc))
+    elif isinstance(exc, PayloadError):
+        reason = str(exc)
+        log.info("source=%s: payload rejected: %s", source.name, describe(exc))
     else:
-        # Type and place only: the message could quote the payload (personal data).
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        log.error(
-            "source=%s: payload mapping failed: %s at %s:%s",
-            source.name,
-            type(exc).__name__,
-            frame.filename,
-            frame.lineno,
-        )
+        # The message could quote the payload (personal data): the type only.
         reason = f"unreadable payload ({type(exc).__name__})"
+        log.error("source=%s: payload mapping failed: %s", source.name, describe(exc))
     key = f"rejected:sha256:{hashlib.sha256(raw).hexdigest()}"
     rt.ensure_schema()
-    store_rejected(rt.engine, source, headers, raw, key, "(unreadable)", reason, now)
+    try:
+        store_rejected(rt.engine, source, headers, raw, key, topic, reason, now)
+    except UnstorableError as refused:  # only values that always fit are written: a bug
+        log.error("source=%s: rejected body not kept: %s", source.name, describe(refused))
     raise PayloadError(reason) from exc

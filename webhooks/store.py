@@ -2,22 +2,29 @@
 
 Both idempotency levels are unique constraints (see schema.py), used with INSERT .. ON CONFLICT
 DO NOTHING so a duplicate is an ordinary outcome, never an exception and never a 500.
+
+Values are stored as given, never cut to fit a column: a cut id could merge two purchases. A
+value the database refuses anyway is an UnstorableError (400, the route keeps the body as
+rejected); a database that cannot be reached or written is a StorageError (503, retried).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, TextClause, and_, or_, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.sql.elements import ColumnElement
 
 from webhooks.config import GoalSet, SourceSettings
 from webhooks.database import transaction
-from webhooks.errors import StorageError
+from webhooks.errors import StorageError, UnstorableError
 from webhooks.events import (
     SENDABLE_KINDS,
     CustomerRedaction,
@@ -25,10 +32,18 @@ from webhooks.events import (
     NormalizedEvent,
     ParseResult,
 )
+from webhooks.logs import escape
 from webhooks.reasons import NO_GOALS, NOT_SENT_KIND, QUEUED, TEST_MODE, WAITING_FOR_PAIRS
 from webhooks.schema import deliveries, events
 
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+# What a driver raises for a value it cannot bind: sqlite3 an OverflowError for an int past
+# 64 bits, both drivers a UnicodeEncodeError (a ValueError) for an unpaired surrogate.
+_VALUE_FAILURES = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
+MAX_STORED_REASON = 500
+MAX_ADDRESS_CHARS = 320  # RFC 3696
+UNREADABLE_TOPIC = "(unreadable)"
+_TOPIC = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -86,13 +101,51 @@ def _insert_ignore_statement(
     )
 
 
-def ingest(engine: Engine, delivery: Delivery, now: float) -> IngestOutcome:
-    """Store the delivery and its events atomically; StorageError if the database fails."""
+@contextmanager
+def checked_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose failures say whose fault they are: UnstorableError when the
+    database refuses a value, StorageError when it is unavailable."""
     try:
         with transaction(engine) as conn:
-            return _ingest(conn, delivery, now)
+            yield conn
+    except StorageError:
+        raise
     except SQLAlchemyError as exc:
+        if _is_refusal(exc):
+            raise UnstorableError(_refusal_message(exc)) from exc
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
+    except OSError as exc:  # the SQLite lock file or directory cannot be opened
+        raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
+    except _VALUE_FAILURES as exc:
+        raise UnstorableError(_refusal_message(exc)) from exc
+
+
+def _is_refusal(exc: SQLAlchemyError) -> bool:
+    # DataError: too long for a PostgreSQL column, NUL in its text, out of range;
+    # IntegrityError: a NOT NULL or foreign key broken by a value (our unique keys never
+    # raise: ON CONFLICT DO NOTHING); a StatementError that is not the driver's wraps a bind
+    # failure. The rest (OperationalError, InterfaceError, ...) is the database's state.
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    return (
+        isinstance(exc, StatementError)
+        and not isinstance(exc, DBAPIError)
+        and isinstance(exc.orig, _VALUE_FAILURES)
+    )
+
+
+def _refusal_message(exc: BaseException) -> str:
+    """Names the kind of refusal, never the value (it may be personal data)."""
+    orig = getattr(exc, "orig", None)
+    cause = type(orig if isinstance(orig, BaseException) else exc).__name__
+    return f"a value of the delivery cannot be stored ({cause})"
+
+
+def ingest(engine: Engine, delivery: Delivery, now: float) -> IngestOutcome:
+    """Store the delivery and its events atomically; UnstorableError if the database refuses
+    a value, StorageError if it is unavailable."""
+    with checked_transaction(engine) as conn:
+        return _ingest(conn, delivery, now)
 
 
 def store_rejected(
@@ -105,18 +158,22 @@ def store_rejected(
     reason: str,
     now: float,
 ) -> None:
-    """Keep a signed body we could not parse, so nothing is lost and it can be replayed."""
-    try:
-        with transaction(engine) as conn:
-            insert_ignore(
-                conn,
-                deliveries,
-                _delivery_row(source, headers, body, key, topic, now)
-                | {"status": "rejected", "reason": reason},
-                ["source", "delivery_key"],
-            )
-    except SQLAlchemyError as exc:
-        raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
+    """Keep a signed body we could not parse or store, so nothing is lost and it can be
+    replayed. Only values that always fit are written: the topic when it is a plain one, the
+    reason escaped and capped, the headers as ASCII JSON, the body as bytes."""
+    row = _delivery_row(source, headers, body, key, storable_topic(topic), now)
+    with checked_transaction(engine) as conn:
+        insert_ignore(
+            conn,
+            deliveries,
+            row | {"status": "rejected", "reason": escape(reason)[:MAX_STORED_REASON]},
+            ["source", "delivery_key"],
+        )
+
+
+def storable_topic(topic: str) -> str:
+    """The topic if it is printable ASCII that fits its column, else a placeholder."""
+    return topic if _TOPIC.fullmatch(topic) else UNREADABLE_TOPIC
 
 
 def _delivery_row(
@@ -126,23 +183,37 @@ def _delivery_row(
     key: str,
     topic: str,
     now: float,
+    refs: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
     kept = {k: v for k, v in headers.items() if k.lower() not in _PRIVATE_HEADERS}
     return {
         "source": source.name,
         "platform": source.platform,
-        "delivery_key": key[:255],
-        "topic": topic[:128],
+        "delivery_key": key,
+        "topic": topic,
         "received_at": now,
+        # ensure_ascii (the default): control characters and surrogates become \u escapes
         "headers": json.dumps(kept, sort_keys=True),
         "body": body,
         "redacted": False,
+        "customer_id": refs[0],
+        "email_digest": refs[1],
     }
+
+
+def customer_refs(result: ParseResult) -> tuple[str | None, str | None]:
+    """Who the delivery is about (first customer id and email digest among its events), kept
+    on the delivery row so a redaction finds every copy, duplicates included."""
+    customer_id = next((e.customer_id for e in result.events if e.customer_id), None)
+    digest = next((e.email_digest for e in result.events if e.email_digest), None)
+    return customer_id, digest
 
 
 def _ingest(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
     result = d.result
-    row = _delivery_row(d.source, d.headers, d.body, result.delivery_key, result.topic, now)
+    row = _delivery_row(
+        d.source, d.headers, d.body, result.delivery_key, result.topic, now, customer_refs(result)
+    )
     # The common outcome is written with the row; _store_events corrects it when it differs.
     status = "accepted" if result.events else "ignored"
     delivery_id = insert_ignore(
@@ -155,11 +226,8 @@ def _ingest(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
 
 def store_events(engine: Engine, delivery: Delivery, delivery_id: int, now: float) -> IngestOutcome:
     """Store the events of an already stored delivery (a replay); same rules as ingest."""
-    try:
-        with transaction(engine) as conn:
-            return _store_events(conn, delivery, delivery_id, now, written_status=None)
-    except SQLAlchemyError as exc:
-        raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
+    with checked_transaction(engine) as conn:
+        return _store_events(conn, delivery, delivery_id, now, written_status=None)
 
 
 def _store_events(
@@ -168,10 +236,18 @@ def _store_events(
     result = d.result
     stored = [_store_event(conn, d, delivery_id, event, now) for event in result.events]
     if result.redaction:
-        redact(conn, d.source.name, d.source.platform, result.redaction)
+        addresses = () if result.redaction.whole_shop else addresses_in(d.body)
+        redact(conn, d.source.name, d.source.platform, result.redaction, addresses)
         _strip_body(conn, deliveries.c.id == delivery_id)
     status, reason = _delivery_status(result, stored)
-    if status != written_status or reason:
+    if written_status is None:  # a replay: the row may have been stored as rejected
+        customer_id, digest = customer_refs(result)
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == delivery_id)
+            .values(status=status, reason=reason, customer_id=customer_id, email_digest=digest)
+        )
+    elif status != written_status or reason:
         conn.execute(
             update(deliveries)
             .where(deliveries.c.id == delivery_id)
@@ -192,7 +268,7 @@ def _existing_delivery(conn: Connection, d: Delivery) -> int | None:
     return conn.execute(
         select(deliveries.c.id).where(
             deliveries.c.source == d.source.name,
-            deliveries.c.delivery_key == d.result.delivery_key[:255],
+            deliveries.c.delivery_key == d.result.delivery_key,
         )
     ).scalar()
 
@@ -220,7 +296,7 @@ def _store_event(
         "platform": event.platform,
         "project_id": d.project_id,
         "kind": str(event.kind),
-        "order_id": event.order_id[:255],
+        "order_id": event.order_id,
         "refund_of": event.refund_of,
         "amount": str(money.amount),
         "currency": money.currency,
@@ -262,14 +338,18 @@ def _merge_into_existing(
         select(events).where(
             events.c.project_id == project_id,
             events.c.platform == event.platform,
-            events.c.order_id == event.order_id[:255],
+            events.c.order_id == event.order_id,
             events.c.kind == str(event.kind),
         )
     ).one()
     known = json.loads(row.attributes)
     added = {k: v for k, v in event.attributes.items() if k not in known}
     waiting = row.state == "skipped" and row.reason_code in WAITING_FOR_PAIRS
-    if added and (row.state == "pending" or waiting):
+    if not (added and (row.state == "pending" or waiting)):
+        # Retention keeps an event for its horizon after the LAST delivery naming the purchase,
+        # so a late second topic cannot outlive the record that makes it a duplicate.
+        conn.execute(update(events).where(events.c.id == row.id).values(updated_at=now))
+    else:
         wake = (
             {
                 "state": "pending",
@@ -293,26 +373,113 @@ def _merge_into_existing(
     return int(row.id)
 
 
-def redact(conn: Connection, source: str, platform: str, redaction: CustomerRedaction) -> int:
-    """Erase personal data of one customer (or a whole shop): bodies and customer references.
+def redact(
+    conn: Connection,
+    source: str,
+    platform: str,
+    redaction: CustomerRedaction,
+    addresses: Sequence[str] = (),
+) -> int:
+    """Erase personal data of one customer (or a whole shop) from this source: every stored
+    body and header that is about them, and the customer references of their events.
+    `addresses` are the customer's email addresses as the redaction request names them: used
+    to find copies no parsed reference points to, never stored.
 
     Event amounts and ids stay: they carry no personal data and keep idempotency intact.
     """
-    scope = and_(events.c.source == source, events.c.platform == platform)
-    if not redaction.whole_shop:
-        matches = []
-        if redaction.customer_id:
-            matches.append(events.c.customer_id == redaction.customer_id)
-        if redaction.order_ids:
-            matches.append(events.c.order_id.in_(redaction.order_ids))
-            matches.append(events.c.refund_of.in_(redaction.order_ids))
-        if not matches:
-            return 0
-        scope = and_(scope, or_(*matches))
-    delivery_ids = select(events.c.delivery_id).where(scope).scalar_subquery()
-    _strip_body(conn, deliveries.c.id.in_(delivery_ids))
     if redaction.whole_shop:
         _strip_body(conn, deliveries.c.source == source)
+        shop = and_(events.c.source == source, events.c.platform == platform)
+        return _forget_customers(conn, shop)
+    customer_id = redaction.customer_id
+    matches: list[ColumnElement[bool]] = []
+    if customer_id:
+        matches.append(events.c.customer_id == customer_id)
+    if redaction.order_ids:
+        matches.append(events.c.order_id.in_(redaction.order_ids))
+        matches.append(events.c.refund_of.in_(redaction.order_ids))
+    if not matches:
+        return 0
+    scope = and_(events.c.source == source, events.c.platform == platform, or_(*matches))
+    _strip_body(conn, and_(deliveries.c.source == source, _about(scope, customer_id)))
+    terms = [*addresses, *redaction.order_ids] + ([customer_id] if customer_id else [])
+    _strip_mentions(conn, source, terms)
+    return _forget_customers(conn, scope)
+
+
+def _about(scope: Any, customer_id: str | None) -> Any:
+    """Deliveries about the customer: those of their events, every copy (business duplicates
+    too) with their customer id, and guest copies (no customer id) with an address their
+    events carry. A delivery naming another customer is not theirs, whatever its address."""
+    known = select(events.c.email_digest).where(scope, events.c.email_digest.is_not(None))
+    theirs: ColumnElement[bool] = deliveries.c.customer_id.is_(None)
+    matches: list[ColumnElement[bool]] = [
+        deliveries.c.id.in_(select(events.c.delivery_id).where(scope))
+    ]
+    if customer_id:
+        matches.append(deliveries.c.customer_id == customer_id)
+        theirs = or_(theirs, deliveries.c.customer_id == customer_id)
+    matches.append(and_(deliveries.c.email_digest.in_(known), theirs))
+    return or_(*matches)
+
+
+def addresses_in(body: bytes, limit: int = 20) -> tuple[str, ...]:
+    """The email addresses a (parsed, hence valid JSON) redaction request names: every string
+    with an "@" (Shopify's is `customer.email`), at most `limit`."""
+    found: list[str] = []
+    try:
+        pending: list[Any] = [json.loads(body)]
+    except (ValueError, RecursionError):  # a future platform's non-JSON request
+        return ()
+    while pending and len(found) < limit:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and "@" in value and len(value) <= MAX_ADDRESS_CHARS:
+            found.append(value.strip())
+    return tuple(found)
+
+
+def _strip_mentions(conn: Connection, source: str, terms: list[str]) -> None:
+    """Erase the bodies without customer references (rejected, ignored, duplicates of an order
+    without a customer) that mention the customer's id, address or orders.
+
+    Nothing parsed says whom such a body is about, so its bytes are searched. The scan reads
+    only that source's unredacted rows without references and outside `accepted` (those are
+    found through their events): rare rows, bounded by retention, and only for a redaction.
+    """
+    pattern = _mention_pattern(terms)
+    if pattern is None:
+        return
+    candidates = conn.execute(
+        select(deliveries.c.id, deliveries.c.body)
+        .where(
+            deliveries.c.source == source,
+            deliveries.c.status != "accepted",
+            deliveries.c.redacted.is_(False),
+            deliveries.c.customer_id.is_(None),
+            deliveries.c.email_digest.is_(None),
+        )
+        .execution_options(yield_per=200)  # bodies stream in batches, not all at once
+    )
+    hits = [row.id for row in candidates if pattern.search(row.body)]
+    for start in range(0, len(hits), 500):
+        _strip_body(conn, deliveries.c.id.in_(hits[start : start + 500]))
+
+
+def _mention_pattern(terms: Iterable[str]) -> re.Pattern[bytes] | None:
+    """Any term as a whole token, case-insensitive (an address may be written in any case):
+    customer 42 is not a mention inside order 1042."""
+    encoded = sorted({t.encode("utf-8", "replace") for t in terms if t}, key=len, reverse=True)
+    if not encoded:
+        return None
+    alternatives = b"|".join(re.escape(t) for t in encoded)
+    return re.compile(rb"(?<![0-9A-Za-z_.+-])(?:" + alternatives + rb")(?![0-9A-Za-z_-])", re.I)
+
+
+def _forget_customers(conn: Connection, scope: Any) -> int:
     result = conn.execute(
         update(events).where(scope).values(customer_id=None, email_digest=None, attributes="{}")
     )
@@ -320,4 +487,8 @@ def redact(conn: Connection, source: str, platform: str, redaction: CustomerReda
 
 
 def _strip_body(conn: Connection, where: Any) -> None:
-    conn.execute(update(deliveries).where(where).values(body=b"", headers="{}", redacted=True))
+    conn.execute(
+        update(deliveries)
+        .where(where)
+        .values(body=b"", headers="{}", redacted=True, customer_id=None, email_digest=None)
+    )
