@@ -1,5 +1,6 @@
-"""gunicorn settings. The dispatcher starts in every worker after fork (a thread created before
-the fork would not survive it); claims are atomic and leased, so workers never double-send."""
+"""gunicorn settings. The dispatcher (and the pruner, when scheduled) start in every worker after
+fork (a thread created before the fork would not survive it); claims are atomic and leased, so
+workers never double-send, and two pruners at once are harmless (webhooks/retention.py)."""
 
 import os
 
@@ -22,9 +23,7 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     from webhooks.app import runtime_of
 
-    runtime = runtime_of(worker.wsgi)
-    if runtime.settings.dispatcher.enabled:
-        runtime.dispatcher.start()
+    runtime_of(worker.wsgi).start_background()
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
@@ -32,4 +31,6 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
 
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):
-        runtime_of(app).dispatcher.stop(timeout=5)
+        # Long enough for a send in flight at its full timeouts (3.05 + 10 s) to finish and be
+        # recorded, inside graceful_timeout: what was sent is not sent again after a restart.
+        runtime_of(app).stop_background(timeout=15)

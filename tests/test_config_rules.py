@@ -84,3 +84,9 @@ def test_retention_and_pair_cap_have_safe_bounds() -> None:
     assert "attribution.max_pairs_per_order" in problems_of(
         attribution={"max_pairs_per_order": 0}
     )
+
+
+def test_source_names_with_a_trailing_newline_are_refused() -> None:
+    source = {"platform": "stripe", "secrets": ["whsec_0123456789abcdef"]}
+    problems = problems_of(sources={"stripe\n": source})
+    assert "sources.stripe\n (name)" in problems

@@ -1,4 +1,10 @@
-"""The `convert-webhooks` command: check-config, events, deliveries, replay, dispatch, migrate."""
+"""The `convert-webhooks` command: check-config, events, deliveries, replay, dispatch, migrate,
+prune.
+
+Every value read from the database is escaped before it reaches the terminal (a sender chose
+many of them: an ANSI escape sequence in an event type must not drive the operator's
+terminal), and table columns keep their width whatever the values hold.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,22 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from webhooks.app import build_runtime
 from webhooks.clock import SystemClock
-from webhooks.config import Settings, load_settings
+from webhooks.config import MIN_KEEP_DAYS, Settings, load_settings
 from webhooks.database import migrate
 from webhooks.errors import ConvertWebhooksError
-from webhooks.logs import configure_logging
+from webhooks.logs import configure_logging, escape
 from webhooks.records import event_detail, list_deliveries, list_events
 from webhooks.replay import replay_delivery, resend_events
+from webhooks.retention import PruneCounts, horizon, prune
 from webhooks.runtime import Runtime
 
 
@@ -27,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConvertWebhooksError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Line by line: a config error lists one bad key a line; a value in it stays one.
+        lines = f"error: {exc}".splitlines()
+        print("\n".join(escape(line) for line in lines), file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        print(f"error: database unavailable: {type(exc).__name__}", file=sys.stderr)
         return 2
 
 
@@ -45,12 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--state", choices=["pending", "sent", "dry_run", "skipped", "dead"])
     ev.add_argument("--source")
     ev.add_argument("--order", help="only this order / payment id (and its refunds)")
-    ev.add_argument("--limit", type=int, default=50)
+    ev.add_argument("--limit", type=_positive, default=50)
     ev.set_defaults(handler=_events)
 
     dl = sub.add_parser("deliveries", help="list received deliveries")
     dl.add_argument("--status", choices=["accepted", "duplicate", "ignored", "rejected"])
-    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("--limit", type=_positive, default=50)
     dl.set_defaults(handler=_deliveries)
 
     rp = sub.add_parser("replay", help="re-run a stored delivery, or resend dead events")
@@ -67,7 +82,25 @@ def _parser() -> argparse.ArgumentParser:
 
     mg = sub.add_parser("migrate", help="create or upgrade the database schema")
     mg.set_defaults(handler=_migrate)
+
+    pr = sub.add_parser(
+        "prune", help="delete delivered data older than the retention horizon (see README)"
+    )
+    pr.add_argument(
+        "--older-than-days",
+        type=float,
+        help=f"horizon in days (default: retention.keep_days; at least {MIN_KEEP_DAYS:g})",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
+    pr.set_defaults(handler=_prune)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -104,28 +137,29 @@ def _events(args: argparse.Namespace) -> int:
         if detail is None:
             print(f"error: no event {args.event_id}", file=sys.stderr)
             return 1
-        print(json.dumps(_readable(detail), indent=2, default=str))
+        print(_json(_readable(detail)))
         return 0
     rows = list_events(runtime.engine, args.state, args.source, args.limit, args.order)
-    print(
-        f"{'id':>6}  {'state':8} {'kind':21} {'source':12} {'order':28} {'amount':>12} "
-        f"{'tries':>5}  reason"
+    _print_table(
+        [("id", 6, ">"), ("state", 8, "<"), ("kind", 21, "<"), ("source", 12, "<")]
+        + [("order", 40, "<"), ("amount", 20, ">"), ("tries", 5, ">"), ("reason", 0, "<")],
+        (
+            (r.id, r.state, r.kind, r.source, r.order_id, f"{r.amount} {r.currency}")
+            + (r.attempts, r.reason or "")
+            for r in rows
+        ),
     )
-    for r in rows:
-        print(
-            f"{r.id:>6}  {r.state:8} {r.kind:21} {r.source[:12]:12} {r.order_id:28} "
-            f"{r.amount + ' ' + r.currency:>12} {r.attempts:>5}  {r.reason or ''}"
-        )
     return 0
 
 
 def _deliveries(args: argparse.Namespace) -> int:
     runtime = _runtime(args)
-    for r in list_deliveries(runtime.engine, args.status, args.limit):
-        print(
-            f"{r.id:>6}  {_iso(r.received_at)}  {r.status:9} {r.source[:12]:12} "
-            f"{r.topic[:40]:40} {r.reason or ''}"
-        )
+    rows = list_deliveries(runtime.engine, args.status, args.limit)
+    _print_table(
+        [("id", 6, ">"), ("received", 20, "<"), ("status", 9, "<"), ("source", 12, "<")]
+        + [("topic", 40, "<"), ("reason", 0, "<")],
+        ((r.id, _iso(r.received_at), r.status, r.source, r.topic, r.reason or "") for r in rows),
+    )
     return 0
 
 
@@ -134,7 +168,7 @@ def _replay(args: argparse.Namespace) -> int:
     now = time.time()
     if args.delivery is not None:
         outcome = replay_delivery(runtime.engine, runtime.settings, args.delivery, now)
-        print(json.dumps(outcome.as_json(), indent=2, default=str))
+        print(_json(outcome.as_json()))
     else:
         chosen = resend_events(runtime.engine, None if args.dead else args.event, now)
         print(f"queued {len(chosen)} event(s): {', '.join(map(str, chosen)) or '-'}")
@@ -162,6 +196,81 @@ def _migrate(args: argparse.Namespace) -> int:
     runtime = _runtime(args)
     print(f"schema at version {migrate(runtime.engine)}")
     return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    days = settings.retention.keep_days if args.older_than_days is None else args.older_than_days
+    if days < MIN_KEEP_DAYS:
+        print(
+            f"error: --older-than-days must be at least {MIN_KEEP_DAYS:g}: platforms retry "
+            "for days, and a redelivery inside the horizon must stay a duplicate",
+            file=sys.stderr,
+        )
+        return 2
+    runtime = _runtime(args)
+    now = time.time()
+    try:
+        counts = prune(runtime.engine, now, days, dry_run=args.dry_run)
+    finally:
+        runtime.close()
+    print(_prune_summary(counts, days, horizon(now, days), args.dry_run))
+    return 0
+
+
+def _prune_summary(counts: PruneCounts, days: float, before: float, dry_run: bool) -> str:
+    verb = "would delete" if dry_run else "deleted"
+    lines = [
+        f"{verb} {counts.deliveries} deliveries, {counts.events} events, {counts.sends} "
+        f"Convert requests and {counts.attempts} attempts received before {_iso(before)} "
+        f"({days:g} days)"
+    ]
+    if counts.kept:
+        lines.append(
+            f"kept {counts.kept} older deliveries whose events are pending, dead or changed "
+            "since: act on dead ones with `replay --dead`"
+        )
+    return "\n".join(lines)
+
+
+def _json(value: Any) -> str:
+    """JSON for the terminal: ensure_ascii (the default) writes every control character, DEL
+    and non-ASCII character as a \\u escape, so no stored value reaches the terminal raw."""
+    return json.dumps(value, indent=2, default=str, ensure_ascii=True)
+
+
+def _print_table(columns: Sequence[tuple[str, int, str]], rows: Iterable[Sequence[object]]) -> None:
+    """Columns of (title, widest, alignment): each is as wide as its widest escaped value up
+    to `widest` (longer values are cut, marked with '~'); the last column is not cut."""
+    cells = [[escape(str(value)) for value in row] for row in rows]
+    titles = [title for title, _, _ in columns]
+    widths = [
+        max([_width(title)] + [min(_width(row[i]), widest) for row in cells])
+        for i, (title, widest, _) in enumerate(columns[:-1])
+    ]
+    for row in [titles, *cells]:
+        parts = [
+            _fit(value, width, align)
+            for value, width, (_, _, align) in zip(row, widths, columns, strict=False)
+        ]
+        print("  ".join([*parts, row[-1]]).rstrip())
+
+
+def _fit(text: str, width: int, align: str) -> str:
+    if _width(text) > width:
+        while _width(text) > width - 1:
+            text = text[:-1]
+        text += "~"
+    pad = " " * (width - _width(text))
+    return pad + text if align == ">" else text + pad
+
+
+def _width(text: str) -> int:
+    """Terminal columns: wide (East Asian) characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
 
 
 def _iso(ts: float | None) -> str:

@@ -30,6 +30,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${NAME} or
 # trailing newline (which went into the Convert URL as %0A).
 _DIGITS = validate.Regexp(r"\A[0-9]{1,20}\Z", error="must be ASCII digits only")
 MIN_SECRET_LENGTH = 16
+MIN_KEEP_DAYS = 7.0  # longer than any platform retries (Stripe: 3 days, Shopify: 48 hours)
 # The secrets config/example.toml falls back to: fine for a dry run, never for real sending.
 EXAMPLE_SECRETS = frozenset({"whsec_example_secret", "shpss_example_secret"})
 
@@ -159,7 +160,7 @@ class _AttributionSchema(_Strict):
 
 class _RetentionSchema(_Strict):
     # Longer than any platform's retry window (Stripe: 3 days), so idempotency holds inside it.
-    keep_days = fields.Float(load_default=30.0, validate=validate.Range(min=7))
+    keep_days = fields.Float(load_default=30.0, validate=validate.Range(min=MIN_KEEP_DAYS))
     prune_interval_seconds = fields.Float(
         load_default=3600.0, validate=lambda v: v == 0 or v >= 60 or _fail("0 (off) or >= 60")
     )
@@ -191,7 +192,7 @@ class _ConfigSchema(_Strict):
     sources = fields.Dict(
         keys=fields.String(
             validate=validate.Regexp(
-                r"^[A-Za-z0-9_-]{1,64}$",
+                r"\A[A-Za-z0-9_-]{1,64}\Z",
                 error="use letters, digits, - and _ only (it is a URL part)",
             )
         ),

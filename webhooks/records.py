@@ -24,7 +24,12 @@ def list_events(
         return list(conn.execute(query).all())
 
 
+MAX_ID = 2**63 - 1  # ids are BIGINT: a larger number names nothing (SQLite cannot bind it)
+
+
 def event_detail(engine: Engine, event_id: int) -> dict[str, Any] | None:
+    if not 0 < event_id <= MAX_ID:
+        return None
     with transaction(engine) as conn:
         event = conn.execute(select(events).where(events.c.id == event_id)).first()
         if event is None:

@@ -1,7 +1,10 @@
-"""What one process holds: settings, the database engine, the sender and the dispatcher."""
+"""What one process holds: settings, the database engine, the sender, the dispatcher and the
+pruner, and the checks that say whether this process can take webhooks (`readiness`)."""
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -10,10 +13,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from webhooks.clock import Clock
 from webhooks.config import Settings
-from webhooks.database import migrate, ping
+from webhooks.database import mark_ready, migrate
 from webhooks.dispatcher import Dispatcher
 from webhooks.errors import StorageError
+from webhooks.retention import Pruner
 from webhooks.sender import Sender
+
+
+def process_name() -> str:
+    """Who writes the readiness row: host and process id (fits the 64-character key)."""
+    return f"{socket.gethostname()[:48]}:{os.getpid()}"
 
 
 @dataclass
@@ -23,26 +32,89 @@ class Runtime:
     sender: Sender
     dispatcher: Dispatcher
     clock: Clock
+    pruner: Pruner | None = None
+    owner: str = field(default_factory=process_name)
     _schema_ready: bool = False
+    _schema_problem: str = "database unavailable"
+    _dispatcher_started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ensure_schema(self) -> None:
         """Migrate once per process; a database that is down now may be up on the next call."""
         if self._schema_ready:
             return
-        with self._lock:
-            if self._schema_ready:
-                return
+        if self._lock.acquire(blocking=False):
             try:
-                migrate(self.engine)
-            except SQLAlchemyError as exc:
-                raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
-            self._schema_ready = True
+                self._migrate()
+            finally:
+                self._lock.release()
+            return
+        # Another thread is trying now (a database that is down takes the whole budget to
+        # say so): its answer is this one's too, rather than a second budget spent after it.
+        if not self._lock.acquire(timeout=max(self.settings.busy_timeout_ms, 1) / 1000):
+            raise StorageError("database unavailable: still checking the schema")
+        self._lock.release()
+        if not self._schema_ready:
+            raise StorageError(self._schema_problem)
 
-    def check_database(self) -> None:
-        ping(self.engine)
+    def _migrate(self) -> None:
+        if self._schema_ready:
+            return
+        try:
+            migrate(self.engine)
+        except SQLAlchemyError as exc:
+            self._schema_problem = f"database unavailable: {type(exc).__name__}"
+            raise StorageError(self._schema_problem) from exc
+        except StorageError as exc:
+            self._schema_problem = str(exc)
+            raise
+        self._schema_ready = True
+
+    def readiness(self) -> list[str]:
+        """What keeps this process from taking webhooks now; empty when it is ready.
+
+        The database must take a write (a read can succeed on a database that refuses
+        writes: read-only file or mount, a PostgreSQL standby, a full disk), within the
+        usual bounded wait, on the file this process opened, with the schema migrated.
+        """
+        problems = []
+        try:
+            self.ensure_schema()
+            mark_ready(self.engine, self.owner, self.clock.now())
+        except StorageError as exc:
+            problems.append(str(exc))
+        except SQLAlchemyError as exc:
+            problems.append(f"database cannot be written: {_kind(exc)}")
+        if self._dispatcher_started and not self.dispatcher.running:
+            problems.append("dispatcher is not running: stored events are not being sent")
+        return problems
+
+    def start_background(self) -> None:
+        """Start this process's threads (in a gunicorn worker: after the fork)."""
+        if self.settings.dispatcher.enabled:
+            self.dispatcher.start()
+            self._dispatcher_started = True
+        if self.settings.retention.prune_interval_seconds > 0 and self.pruner is None:
+            self.pruner = Pruner(self.engine, self.settings.retention, self.clock)
+            self.pruner.start()
+
+    def stop_background(self, timeout: float = 10.0) -> None:
+        if self.pruner is not None:
+            self.pruner.stop(timeout)
+        if self._dispatcher_started:
+            self.dispatcher.stop(timeout=timeout)
 
     def close(self) -> None:
+        if self.pruner is not None:
+            self.pruner.stop()
         self.dispatcher.stop()
         self.sender.close()
         self.engine.dispose()
+
+
+def _kind(exc: SQLAlchemyError) -> str:
+    """The error's type and the driver's (no message: it could quote stored values)."""
+    orig = getattr(exc, "orig", None)
+    return (
+        f"{type(exc).__name__}({type(orig).__name__})" if orig is not None else type(exc).__name__
+    )

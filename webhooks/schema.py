@@ -60,6 +60,7 @@ deliveries = Table(
 )
 Index("ix_deliveries_received", deliveries.c.received_at)
 Index("ix_deliveries_customer", deliveries.c.source, deliveries.c.customer_id)
+Index("ix_deliveries_email", deliveries.c.source, deliveries.c.email_digest)
 
 events = Table(
     "events",
@@ -97,6 +98,8 @@ events = Table(
 Index("ix_events_due", events.c.state, events.c.next_attempt_at)
 Index("ix_events_customer", events.c.platform, events.c.customer_id)
 Index("ix_events_finished", events.c.state, events.c.updated_at)
+# Deleting a delivery checks the events' foreign key: without this, a scan of all events.
+Index("ix_events_delivery", events.c.delivery_id)
 
 sends = Table(
     "sends",
@@ -137,4 +140,10 @@ readiness = Table(
 
 # Columns each migration adds to a table that already existed (see database.MIGRATIONS).
 V2_COLUMNS = {"deliveries": ("customer_id", "email_digest")}
-V2_INDEXES = ("ix_deliveries_received", "ix_deliveries_customer", "ix_events_finished")
+V2_INDEXES = (
+    "ix_deliveries_received",
+    "ix_deliveries_customer",
+    "ix_deliveries_email",
+    "ix_events_finished",
+    "ix_events_delivery",
+)

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
 from webhooks.config import load_settings
 from webhooks.convert import endpoint_for
 from webhooks.database import make_engine, migrate
+from webhooks.errors import StorageError
 from webhooks.logs import configure_logging
 
 log = logging.getLogger("webhooks.startup")
 
 
 def announce(bind: str) -> None:
-    """Validate the config, migrate the database once, and list the webhook URLs."""
+    """Validate the config, migrate the database once, and list the webhook URLs.
+
+    A database that is down does not stop the start: refusing to start would give the
+    platforms "connection refused"; running, the service answers 503 (the platform retries)
+    and /readyz says why, and the first request after the database is back migrates it.
+    """
     configure_logging()
     settings = load_settings()
     engine = make_engine(settings.database_url, settings.busy_timeout_ms)
     try:
-        migrate(engine)
+        _migrate_or_warn(engine)
     finally:
         engine.dispose()
     host = bind if "://" in bind else f"http://{bind}"
@@ -31,6 +40,17 @@ def announce(bind: str) -> None:
         log.info("DRY RUN: Convert requests are logged ('dry run: would GET ...'), not sent")
     else:
         log.info("sending Convert requests to %s", endpoint_for(settings.convert))
+
+
+def _migrate_or_warn(engine: Engine) -> None:
+    try:
+        migrate(engine)
+    except (SQLAlchemyError, StorageError) as exc:
+        log.warning(
+            "database unavailable at start-up (%s): starting anyway; webhooks get 503 and "
+            "/readyz says why until it is back, then the schema is created or upgraded",
+            type(exc).__name__,
+        )
 
 
 def _safe_url(url: str) -> str:
