@@ -36,6 +36,13 @@ class FakeClock:
     def now(self) -> float:
         return self.current
 
+    def monotonic(self) -> float:
+        # The same fake time: a test that moves the clock moves budgets and pauses too.
+        return self.current
+
+    def lease_now(self, conn: Any) -> float:
+        return self.current
+
     def advance(self, seconds: float) -> None:
         self.current += seconds
 

@@ -39,7 +39,10 @@ def safe_transaction_id(value: str) -> str:
 
 
 def format_value(amount: Decimal) -> str:
-    """Exactly two decimals, rounding half up (three-decimal currencies lose their last digit)."""
+    """Exactly two decimals, rounding half up (three-decimal currencies lose their last digit).
+    A value that is not a finite number, or too large for two decimals, raises."""
+    if not amount.is_finite():
+        raise ValueError("the amount is not a finite number")
     return str(amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 

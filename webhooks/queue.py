@@ -2,11 +2,15 @@
 
 A claim sets a lease owner and expiry in one statement (PostgreSQL: FOR UPDATE SKIP LOCKED;
 SQLite: the write lock of BEGIN IMMEDIATE), so several workers never take the same event. A
-worker that dies leaves a lease that simply expires; its events are claimed again.
+worker that dies leaves a lease that simply expires; its events are claimed again. Each round
+claims under its own owner token, and an event's state is only ever written by the round that
+holds its lease, so a round that lost its lease cannot overwrite the work of the next owner.
 
-A round is two short transactions around the sends: claim (with what earlier rounds already
-sent), then record everything at once. Statements run once per round (executemany), not once
-per event: the database lock is shared with the request path, so its hold time is kept small.
+Send results are facts (Convert got the request, or answered so): they are recorded while the
+round runs, in small group commits, whoever holds the lease by then, and a `sent` request stays
+sent. A worker taking over an expired lease reads them and resends only what is not known.
+Statements run once per group (executemany), not once per event: the database lock is shared
+with the request path, so its hold time is kept small.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, or_, select, text, update
 
 from webhooks.convert import ConvertRequest
+from webhooks.reasons import RETRYING
 from webhooks.schema import events, sends
 from webhooks.sender import Outcome, SendResult
 
@@ -54,24 +59,32 @@ class SendOutcome:
 
 
 def claim_due(
-    conn: Connection, owner: str, now: float, limit: int, lease_seconds: int
+    conn: Connection,
+    owner: str,
+    now: float,
+    limit: int,
+    lease_seconds: int,
+    lease_now: float | None = None,
+    ignore_due: bool = False,
 ) -> list[Row[Any]]:
-    due = (
-        select(events.c.id)
-        .where(
-            events.c.state == "pending",
-            events.c.next_attempt_at <= now,
-            or_(events.c.lease_until.is_(None), events.c.lease_until < now),
-        )
-        .order_by(events.c.next_attempt_at)
-        .limit(limit)
-    )
+    """Lease up to `limit` pending events due by `now` (the host's clock, which wrote the due
+    times) whose lease ended by `lease_now` (the clock leases are kept on, see clock.py).
+    `ignore_due` takes the earliest pending events even if not due yet: the probe after an
+    outage, so recovery is noticed without waiting out the backoff."""
+    lease_now = now if lease_now is None else lease_now
+    conditions = [
+        events.c.state == "pending",
+        or_(events.c.lease_until.is_(None), events.c.lease_until < lease_now),
+    ]
+    if not ignore_due:
+        conditions.append(events.c.next_attempt_at <= now)
+    due = select(events.c.id).where(*conditions).order_by(events.c.next_attempt_at).limit(limit)
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     stmt = (
         update(events)
         .where(events.c.id.in_(due.scalar_subquery()))
-        .values(lease_owner=owner, lease_until=now + lease_seconds)
+        .values(lease_owner=owner, lease_until=lease_now + lease_seconds)
         .returning(*events.c)
     )
     return list(conn.execute(stmt).all())
@@ -96,14 +109,28 @@ SEND_STATE = {
     Outcome.DRY_RUN: "dry_run",
     Outcome.PERMANENT: "dead",
     Outcome.RETRY: "pending",
+    Outcome.ERROR: "dead",
 }
 
+
+def send_state(outcome: SendOutcome) -> SendState:
+    result = outcome.result
+    return SendState(
+        outcome.request.pair, SEND_STATE[result.outcome], result.status_code, result.detail
+    )
+
+
+# A request Convert accepted stays `sent`: a late result of the same request from a round
+# that lost its lease (a 503 on its copy) must not make it look unsent.
+_KEEP_IF_SENT = "CASE WHEN sends.state = 'sent' THEN sends.{0} ELSE excluded.{0} END"
 _UPSERT_SEND = text(
     "INSERT INTO sends (event_id, pair, url, state, attempts, last_status, last_error, sent_at)"
     " VALUES (:event_id, :pair, :url, :state, 1, :last_status, :last_error, :sent_at)"
-    " ON CONFLICT (event_id, pair) DO UPDATE SET url = excluded.url, state = excluded.state,"
-    " attempts = sends.attempts + 1, last_status = excluded.last_status,"
-    " last_error = excluded.last_error, sent_at = excluded.sent_at"
+    " ON CONFLICT (event_id, pair) DO UPDATE SET url = excluded.url,"
+    f" state = {_KEEP_IF_SENT.format('state')}, attempts = sends.attempts + 1,"
+    f" last_status = {_KEEP_IF_SENT.format('last_status')},"
+    f" last_error = {_KEEP_IF_SENT.format('last_error')},"
+    f" sent_at = {_KEEP_IF_SENT.format('sent_at')}"
 )
 _INSERT_ATTEMPT = text(
     "INSERT INTO attempts (event_id, pair, at, outcome, status_code, detail)"
@@ -124,23 +151,36 @@ def record_round(
     outcomes: Sequence[SendOutcome],
     finishes: Sequence[tuple[Row[Any], Finish]],
 ) -> None:
-    """Every send result, every attempt, and each event's new state, releasing its lease."""
-    if outcomes:
-        conn.execute(_UPSERT_SEND, [_send_row(o, now) for o in outcomes])
-        conn.execute(
-            _INSERT_ATTEMPT,
-            [
-                {
-                    "event_id": o.event_id,
-                    "pair": o.request.pair,
-                    "at": now,
-                    "outcome": str(o.result.outcome),
-                    "status_code": o.result.status_code,
-                    "detail": o.result.detail,
-                }
-                for o in outcomes
-            ],
-        )
+    """Send results, attempts, and each event's new state, releasing its lease."""
+    record_sends(conn, now, outcomes)
+    finish_events(conn, owner, now, finishes)
+
+
+def record_sends(conn: Connection, now: float, outcomes: Sequence[SendOutcome]) -> None:
+    """What Convert answered (or that it could not be reached), and one attempt row each."""
+    if not outcomes:
+        return
+    conn.execute(_UPSERT_SEND, [_send_row(o, now) for o in outcomes])
+    conn.execute(
+        _INSERT_ATTEMPT,
+        [
+            {
+                "event_id": o.event_id,
+                "pair": o.request.pair,
+                "at": now,
+                "outcome": str(o.result.outcome),
+                "status_code": o.result.status_code,
+                "detail": o.result.detail,
+            }
+            for o in outcomes
+        ],
+    )
+
+
+def finish_events(
+    conn: Connection, owner: str, now: float, finishes: Sequence[tuple[Row[Any], Finish]]
+) -> None:
+    """Each event's new state, releasing its lease; only where `owner` still holds it."""
     plain = [(row, done) for row, done in finishes if done.only_if_revision is None]
     if plain:
         conn.execute(
@@ -191,3 +231,16 @@ def _finish_unless_revised(
     if not updated:
         # New experiment data arrived while we worked: leave it due now.
         conn.execute(update(events).where(held).values(next_attempt_at=now, **released))
+
+
+_WAKE_DEFERRED = text(
+    "UPDATE events SET next_attempt_at = :now WHERE state = 'pending'"
+    " AND reason_code = :retrying AND next_attempt_at > :now AND updated_at >= :since"
+    " AND lease_owner IS NULL"
+)
+
+
+def wake_deferred(conn: Connection, since: float, now: float) -> int:
+    """Make events that failed retryably since `since` (an outage) due now; their number."""
+    result = conn.execute(_WAKE_DEFERRED, {"now": now, "since": since, "retrying": RETRYING})
+    return int(result.rowcount)

@@ -10,6 +10,11 @@ CONVERT_REJECTED = "convert_rejected"
 RETRIES_EXHAUSTED = "retries_exhausted"
 RETRYING = "retrying"
 DRY_RUN = "dry_run"
+# The dispatcher failed on this one event (bad stored data, a bug): it is dead, kept and
+# replayable, and the others go on. The text names the error's type and place, never values.
+INTERNAL_ERROR = "internal_error"
+# Sent, but only the first `attribution.max_pairs_per_order` experiment pairs of the order.
+PAIRS_CAPPED = "pairs_capped"
 
 # An event skipped for one of these is woken again when a later delivery of the same
 # purchase brings the experiment data (e.g. payment_intent.succeeded before the session).

@@ -29,7 +29,13 @@ class RetryPolicy:
         uniform = rng.uniform if rng else random.uniform
         return float(ceiling / 2 + uniform(0, ceiling / 2))
 
-    def next_attempt(self, now: float, attempts: int, horizon_start: float) -> float | None:
-        """When to try again, or None once the horizon is passed (the event is then dead)."""
+    def next_attempt(
+        self, now: float, attempts: int, horizon_start: float, not_before: float = 0.0
+    ) -> float | None:
+        """When to try again, or None once the horizon is passed (the event is then dead).
+        Never before `not_before` (Convert's Retry-After, capped by the sender), which may
+        move the last try past the horizon but never makes an event die sooner."""
         at = now + self.delay(attempts)
-        return at if at <= horizon_start + self.horizon_seconds else None
+        if at > horizon_start + self.horizon_seconds:
+            return None
+        return max(at, not_before)

@@ -5,8 +5,12 @@ with library default agents)."""
 from __future__ import annotations
 
 import logging
+import re
+import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 import requests
@@ -16,6 +20,10 @@ from webhooks import __version__
 
 log = logging.getLogger(__name__)
 USER_AGENT = f"ConvertAgent/{__version__} (convert-webhooks)"
+MAX_RETRY_AFTER = 3600.0  # a longer wait from Convert is honoured for an hour, then we try
+MAX_BODY_BYTES = 64 * 1024  # Convert answers a few bytes; more is read no further
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+_DELTA_SECONDS = re.compile(r"\A[0-9]{1,12}\Z")  # ASCII digits only: int() also reads "٣"
 
 
 class Outcome(StrEnum):
@@ -23,6 +31,7 @@ class Outcome(StrEnum):
     RETRY = "retry"  # network error, 5xx, 429: try again later
     PERMANENT = "permanent"  # any other 4xx (or 3xx after redirects): retrying cannot help
     DRY_RUN = "dry_run"
+    ERROR = "error"  # our own failure while sending (a bug): the event is dead, replayable
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class SendResult:
     outcome: Outcome
     status_code: int | None
     detail: str
+    retry_after: float | None = None  # seconds Convert asked us to wait (Retry-After), capped
 
 
 class Sender:
@@ -57,15 +67,36 @@ class Sender:
             log.info("dry run: would GET %s", url)
             return SendResult(Outcome.DRY_RUN, None, "dry run: logged, not sent")
         try:
-            response = self.session.get(url, timeout=self.timeout)
+            # Streamed, so the body is read only up to a cap (a huge or endless answer must
+            # neither fill memory nor hold the round).
+            response = self.session.get(url, timeout=self.timeout, stream=True)
         except requests.RequestException as exc:
             return SendResult(Outcome.RETRY, None, f"{type(exc).__name__}: network error")
-        status = response.status_code
-        response.close()
-        return SendResult(classify(status), status, f"HTTP {status}")
+        try:
+            status = response.status_code
+            retry_after = None
+            if status in _RETRY_AFTER_STATUSES:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            _discard_body(response)
+        finally:
+            response.close()
+        return SendResult(classify(status), status, f"HTTP {status}", retry_after)
 
     def close(self) -> None:
         self.session.close()
+
+
+def _discard_body(response: requests.Response) -> None:
+    """Read the (small) body so the connection goes back to the pool; past the cap, stop:
+    closing the response then drops the connection instead."""
+    seen = 0
+    try:
+        for chunk in response.iter_content(8192):
+            seen += len(chunk)
+            if seen > MAX_BODY_BYTES:
+                return
+    except requests.RequestException:
+        return  # the status line decided the outcome; a broken body changes nothing
 
 
 def classify(status: int) -> Outcome:
@@ -74,3 +105,24 @@ def classify(status: int) -> Outcome:
     if status == 429 or status >= 500:
         return Outcome.RETRY
     return Outcome.PERMANENT
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP-date), at most
+    MAX_RETRY_AFTER; None when absent or unreadable (the header is a hint: garbage is ignored)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.match(value):
+        return min(float(int(value)), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" or no zone: HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    try:
+        delay = when.timestamp() - now
+    except (OverflowError, OSError, ValueError):
+        return None
+    return min(max(delay, 0.0), MAX_RETRY_AFTER)
