@@ -794,10 +794,11 @@ def summarize_profile(raw: Path, out: Path, top: int = 12) -> dict[str, dict[str
     return result
 
 
-def export_head(target: Path) -> None:
-    """Export the committed HEAD and make it the code that runs (service, CLI, templates)."""
+def export_head(target: Path, revision: str = "HEAD") -> None:
+    """Export a commit (HEAD by default) and make it the code that runs (service, CLI,
+    templates): the baseline of a before/after comparison is measured the same way."""
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
+        ["git", "rev-parse", "--short", revision],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -805,7 +806,7 @@ def export_head(target: Path) -> None:
     ).stdout.strip()
     target.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True, check=True
+        ["git", "archive", "--format=tar", revision], cwd=ROOT, capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     Product.root = target
@@ -863,6 +864,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure the committed HEAD (exported to a temporary folder), not the work tree",
     )
+    parser.add_argument(
+        "--commit",
+        metavar="REV",
+        help="with --snapshot: measure this commit instead of HEAD (e.g. a baseline)",
+    )
     args = parser.parse_args(argv)
     chosen = BENCHES if not args.only else tuple(b.strip() for b in args.only.split(","))
     unknown = set(chosen) - set(BENCHES)
@@ -872,8 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="convert-webhooks-bench-"))
-    if args.snapshot:
-        export_head(work / "product")
+    if args.snapshot or args.commit:
+        export_head(work / "product", args.commit or "HEAD")
     suite = Suite(
         Plan.make(args.quick), out, work, args.profile, product_at_start=product_version()
     )

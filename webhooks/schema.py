@@ -97,7 +97,6 @@ events = Table(
 )
 Index("ix_events_due", events.c.state, events.c.next_attempt_at)
 Index("ix_events_customer", events.c.platform, events.c.customer_id)
-Index("ix_events_finished", events.c.state, events.c.updated_at)
 # Deleting a delivery checks the events' foreign key: without this, a scan of all events.
 Index("ix_events_delivery", events.c.delivery_id)
 
@@ -144,6 +143,5 @@ V2_INDEXES = (
     "ix_deliveries_received",
     "ix_deliveries_customer",
     "ix_deliveries_email",
-    "ix_events_finished",
     "ix_events_delivery",
 )
