@@ -15,9 +15,17 @@ errorlog = "-"
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
+    import sys
+
+    from webhooks.errors import ConfigError
     from webhooks.startup import announce
 
-    announce(bind)
+    try:
+        announce(bind)
+    except ConfigError as exc:
+        # The operator needs the bad keys, not a traceback through gunicorn's arbiter.
+        print(f"convert-webhooks: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]

@@ -127,3 +127,25 @@ def test_startup_output_lists_webhook_urls_and_dry_run(
         "dry run: would GET https://2222.track.convertexperiments.com/track/?c=1111&p=2222"
         "&e=1-2&g=100&ga=1&t=100%7C820982911946154508%7C404.95%7C"
     ) in log
+
+
+def test_a_bad_config_stops_gunicorn_with_the_bad_keys_not_a_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "config" / "example.toml"
+    config = tmp_path / "bad.toml"
+    config.write_text(example.read_text().replace('account_id = "1111"', 'account_id = "11a"'))
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    done = subprocess.run(
+        [str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "CONVERT_WEBHOOKS_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "convert.account_id: must be ASCII digits only" in done.stderr
+    assert "Traceback" not in done.stderr
