@@ -4,6 +4,7 @@ lease left by a dead dispatcher expires."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -50,9 +51,14 @@ def test_a_held_lease_blocks_others_until_it_expires(
     assert len(recorder.paths) == 1
 
 
-def test_dispatcher_thread_is_woken_by_ingest(service: Service, recorder: ConvertRecorder) -> None:
+def test_dispatcher_thread_is_woken_by_ingest(
+    make_service: Any, sqlite_url: str, recorder: ConvertRecorder
+) -> None:
+    # A poll far longer than the wait below: only the request's wake-up can send in time.
+    service: Service = make_service(sqlite_url, dispatcher={"poll_seconds": 120})
     dispatcher: Any = service.runtime.dispatcher
     dispatcher.start()
+    time.sleep(0.5)  # its first round found nothing; it now waits on its poll
     order = shopify_order(id=9, test=False, note_attributes=experiments("1-2"))
     service.post_shopify("orders/paid", order, "e9")
     assert len(recorder.wait_for(1, timeout=5)) == 1

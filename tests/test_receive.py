@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.config_file import STRIPE_OLD_SECRET
+from tests.config_file import STRIPE_OLD_SECRET, STRIPE_SECRET
 from tests.conftest import Service
 from tests.payloads import body, experiments, fixture, shopify_order, stripe_event
 from tests.signing import stripe_signature_header
@@ -163,8 +165,19 @@ def test_customers_redact_erases_what_we_hold_about_the_customer(service: Servic
         customer={"id": redact["customer"]["id"], "email": "buyer@example.com"},
     )
     service.post_shopify("orders/paid", order, event_id="e1")
-    other = shopify_order(id=5, customer={"id": 42, "email": "other@example.com"})
+    other = shopify_order(
+        id=5, email="other@example.com", customer={"id": 42, "email": "other@example.com"}
+    )
     service.post_shopify("orders/paid", other, event_id="e2")
+    # A guest order of theirs, found only through `orders_to_redact`.
+    guest = shopify_order(
+        id=redact["orders_to_redact"][0], customer=None, email=None, contact_email=None
+    )
+    service.post_shopify("orders/paid", guest, event_id="e4")
+    with service.runtime.engine.connect() as conn:
+        stored = conn.execute(select(events.c.email_digest).where(events.c.order_id == "5"))
+        # The address itself is never stored: only its digest.
+        assert stored.scalar() == hashlib.sha256(b"other@example.com").hexdigest()
     response = service.post_shopify("customers/redact", redact, event_id="e3")
     assert response.status_code == 200
     with service.runtime.engine.connect() as conn:
@@ -173,6 +186,8 @@ def test_customers_redact_erases_what_we_hold_about_the_customer(service: Servic
     erased = rows[str(order["id"])]
     assert (erased.customer_id, erased.email_digest) == (None, None)
     assert bodies[erased.delivery_id].body == b"" and bodies[erased.delivery_id].redacted
+    by_order = rows[str(guest["id"])]
+    assert bodies[by_order.delivery_id].body == b"" and bodies[by_order.delivery_id].redacted
     kept = rows["5"]
     assert kept.customer_id == "42" and kept.email_digest
     assert bodies[kept.delivery_id].body == body(other)
@@ -210,3 +225,27 @@ def test_shop_redact_erases_every_delivery_of_the_source(service: Service) -> No
     assert rows["shop"].body == b"" and rows["shop"].redacted
     assert rows["stripe"].body and not rows["stripe"].redacted
     assert (event.customer_id, event.email_digest) == (None, None)
+
+
+def test_credentials_in_request_headers_are_never_stored(service: Service) -> None:
+    event = stripe_event("payment_intent_succeeded", "evt_private_headers")
+    data = body(event)
+    t = int(service.clock.now())
+    response = service.client.post(
+        "/webhooks/stripe",
+        data=data,
+        headers={
+            "Stripe-Signature": stripe_signature_header(data, STRIPE_SECRET, t),
+            "Authorization": "Bearer proxy-credential-123",
+            "Cookie": "session=cookie-value-456",
+            "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+        },
+    )
+    assert response.status_code == 200
+    with service.runtime.engine.connect() as conn:
+        stored = conn.execute(select(deliveries.c.headers)).scalar_one()
+    kept = {name.lower() for name in json.loads(stored)}
+    assert "stripe-signature" in kept  # headers are kept, for replay
+    assert not kept & {"authorization", "cookie", "proxy-authorization"}
+    for secret in ("proxy-credential-123", "cookie-value-456", "cHJveHk6c2VjcmV0"):
+        assert secret not in stored
