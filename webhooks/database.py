@@ -191,12 +191,14 @@ class FileLock:
     def _acquire(self, deadline: float, budget_ms: int) -> None:
         if not self._mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise _busy(budget_ms)
+        locked = False
         try:
-            if not self._flock(self._open(), deadline):
-                raise _busy(budget_ms)
-        except BaseException:
-            self._mutex.release()
-            raise
+            locked = self._flock(self._open(), deadline)
+        finally:
+            if not locked:  # timed out or failed: the next thread may try
+                self._mutex.release()
+        if not locked:
+            raise _busy(budget_ms)
 
     def _open(self) -> int:
         if self._fd is None:

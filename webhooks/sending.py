@@ -229,13 +229,12 @@ class SendRound:
         while not self.slots.take(_SLOT_POLL):
             if self.host.out_of_time(self.send_until):
                 return False
+        late = True  # if the check itself fails, the slot goes back before the error does
         try:
             late = self.host.out_of_time(self.send_until)
-        except BaseException:
-            self.slots.release()
-            raise
-        if late:
-            self.slots.release()
+        finally:
+            if late:
+                self.slots.release()
         return not late
 
     def _send(self, job: Job) -> SendOutcome:
