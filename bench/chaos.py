@@ -35,9 +35,10 @@ from pathlib import Path
 from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import make_url
 
+from bench import servers
 from bench.servers import GUNICORN, ROOT, free_port
 from bench.standin import StandIn
-from bench.webhook import SECRET, SOURCE, ShopifyWebhooks, order_id_of
+from bench.webhook import SOURCE, ShopifyWebhooks, order_id_of
 
 WORKERS = 2
 SEND_CONCURRENCY = 8  # webhooks.dispatcher's sends per worker: the in-flight bound per kill
@@ -65,35 +66,15 @@ class Figures:
 
 
 def write_config(path: Path, database_url: str, endpoint: str) -> None:
-    path.write_text(
-        f"""
-[convert]
-account_id = "1111"
-project_id = "2222"
-endpoint = "{endpoint}"
-connect_timeout_seconds = 0.5
-read_timeout_seconds = 2.0
-
-[goals.purchase]
-conversion = ["100", "101"]
-transaction = ["100"]
-
-[sources.{SOURCE}]
-platform = "shopify"
-secrets = ["{SECRET}"]
-
-[database]
-url = "{database_url}"
-busy_timeout_ms = 2000
-
-[dispatcher]
-# The shortest lease the config accepts for these timeouts: a killed round's events come
-# back quickly, which is when a double send would show.
-lease_seconds = 23
-poll_seconds = 0.2
-retry_base_seconds = 1
-""",
-        encoding="utf-8",
+    servers.write_config(
+        path,
+        database_url,
+        endpoint,
+        convert_extra="connect_timeout_seconds = 0.5\nread_timeout_seconds = 2.0",
+        database_extra="busy_timeout_ms = 2000",
+        # The shortest lease the config accepts for these timeouts: a killed round's events
+        # come back quickly, which is when a double send would show.
+        dispatcher_extra="lease_seconds = 23\npoll_seconds = 0.2\nretry_base_seconds = 1",
     )
 
 

@@ -20,14 +20,27 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def write_config(path: Path, db_path: Path, endpoint: str, dispatcher: bool = True) -> Path:
-    """The service config: one Shopify source, goals like the tests', SQLite in `db_path`."""
+def write_config(
+    path: Path,
+    db_path: Path | str,
+    endpoint: str,
+    dispatcher: bool = True,
+    *,
+    convert_extra: str = "",
+    database_extra: str = "",
+    dispatcher_extra: str = "",
+) -> Path:
+    """The service config: one Shopify source, goals like the tests'. `db_path` is a SQLite
+    file or a database URL; the *_extra lines go into their sections (bench/chaos.py tunes
+    timeouts and the lease)."""
+    url = db_path if isinstance(db_path, str) else f"sqlite:///{db_path}"
     path.write_text(
         f"""
 [convert]
 account_id = "1111"
 project_id = "2222"
 endpoint = "{endpoint}"
+{convert_extra}
 
 [goals.purchase]
 conversion = ["100", "101"]
@@ -38,10 +51,12 @@ platform = "shopify"
 secrets = ["{SECRET}"]
 
 [database]
-url = "sqlite:///{db_path}"
+url = "{url}"
+{database_extra}
 
 [dispatcher]
 enabled = {"true" if dispatcher else "false"}
+{dispatcher_extra}
 """,
         encoding="utf-8",
     )
