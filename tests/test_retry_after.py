@@ -27,7 +27,9 @@ NOW = 1_900_000_000.0
         ("120", 120.0),
         (" 0 ", 0.0),
         ("86400", MAX_RETRY_AFTER),  # a day: capped
-        ("99999999999999999999999", None),  # not delta-seconds of any sane size
+        ("99999999999999999999999", MAX_RETRY_AFTER),  # absurd, but a wait: capped
+        ("1" + "0" * 100, MAX_RETRY_AFTER),  # 10^100: past int()'s digit limit too
+        ("0000000000000000000007", 7.0),  # leading zeros are not size
         (formatdate(NOW + 600, usegmt=True), 600.0),
         (formatdate(NOW - 600, usegmt=True), 0.0),  # in the past: at once
         ("Sun, 06 Nov 1994 08:49:37 -0000", 0.0),

@@ -23,7 +23,8 @@ USER_AGENT = f"ConvertAgent/{__version__} (convert-webhooks)"
 MAX_RETRY_AFTER = 3600.0  # a longer wait from Convert is honoured for an hour, then we try
 MAX_BODY_BYTES = 64 * 1024  # Convert answers a few bytes; more is read no further
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
-_DELTA_SECONDS = re.compile(r"\A[0-9]{1,12}\Z")  # ASCII digits only: int() also reads "٣"
+_DELTA_SECONDS = re.compile(r"\A[0-9]+\Z")  # ASCII digits only: int() also reads "٣"
+_DELTA_DIGITS = 12  # more significant digits than this is far beyond the cap anyway
 
 
 class Outcome(StrEnum):
@@ -114,7 +115,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     value = value.strip()
     if _DELTA_SECONDS.match(value):
-        return min(float(int(value)), MAX_RETRY_AFTER)
+        # Any length is a valid (if absurd) wait: capped, not ignored. The digits are counted,
+        # not converted: int() refuses more than 4300 of them.
+        digits = value.lstrip("0") or "0"
+        if len(digits) > _DELTA_DIGITS:
+            return MAX_RETRY_AFTER
+        return min(float(int(digits)), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
