@@ -44,7 +44,7 @@ from webhooks.events import (
     bounded_attributes,
     check_key,
 )
-from webhooks.money import checked_amount, currency_code, from_decimal_string
+from webhooks.money import as_currency_code, checked_amount, currency_code, from_decimal_string
 
 platform = "shopify"
 
@@ -250,8 +250,8 @@ def _refund_line_currency(refund: Mapping[str, Any]) -> str:
     for item in _list(refund.get("refund_line_items")):
         price_set = _object(_object(_object(item).get("line_item")).get("price_set"))
         code = _object(price_set.get("shop_money")).get("currency_code")
-        if isinstance(code, str) and code.isascii() and len(code) == 3 and code.isalpha():
-            return code.upper()
+        if currency := as_currency_code(code):
+            return currency
     return NO_CURRENCY
 
 

@@ -197,16 +197,7 @@ def _invoice(invoice: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
     subscription, sub_metadata = _invoice_subscription(invoice)
     invoice_id = get_id(invoice, "id")
     order_id = subscription if reason == "subscription_create" and subscription else invoice_id
-    lines = invoice.get("lines")
-    line_data = lines.get("data") if isinstance(lines, dict) else None
-    attributes: dict[str, str] = {}
-    for line in line_data if isinstance(line_data, list) else []:
-        if isinstance(line, dict):
-            attributes.update(string_map(line.get("metadata")))
-    attributes.update(sub_metadata)
-    attributes.update(string_map(invoice.get("metadata")))
-    # Each map is bounded; their merge is bounded again (many lines, 50 keys each).
-    attributes = bounded_attributes(attributes.items())
+    attributes = _invoice_attributes(invoice, sub_metadata)
     amounts = {"total": _money(invoice, "amount_paid")}
     if isinstance(invoice.get("subtotal"), int):
         amounts["subtotal"] = _money(invoice, "subtotal")
@@ -215,10 +206,29 @@ def _invoice(invoice: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
         order_id,
         invoice,
         amounts=amounts,
-        item_count=_line_item_count(lines),
+        item_count=_line_item_count(invoice.get("lines")),
         attributes=attributes,
         email_digest=email_digest(invoice.get("customer_email")),
     )
+
+
+def _invoice_attributes(invoice: Mapping[str, Any], sub_metadata: dict[str, str]) -> dict[str, str]:
+    """Invoice metadata over subscription metadata over line metadata (a later line over an
+    earlier one). Merged highest precedence first, so the 50-entry bound drops line keys, never
+    an invoice or subscription key such as the experiment pairs."""
+    lines = invoice.get("lines")
+    line_data = lines.get("data") if isinstance(lines, dict) else None
+    line_maps = [
+        string_map(line.get("metadata"))
+        for line in (line_data if isinstance(line_data, list) else [])
+        if isinstance(line, dict)
+    ]
+    merged: dict[str, str] = {}
+    for source in (string_map(invoice.get("metadata")), sub_metadata, *reversed(line_maps)):
+        for key, value in source.items():
+            merged.setdefault(key, value)
+    # Each map is bounded; their merge is bounded again (many lines, 50 keys each).
+    return bounded_attributes(merged.items())
 
 
 def _invoice_subscription(invoice: Mapping[str, Any]) -> tuple[str | None, dict[str, str]]:

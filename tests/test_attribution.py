@@ -101,3 +101,21 @@ def test_any_value_gives_bounded_ascii_pairs(value: str) -> None:
         assert variation.isascii() and variation.isdigit() and len(variation) <= 20
     assert result.dropped >= 0
     assert (result.note is None) == (result.dropped == 0)
+
+
+@pytest.mark.parametrize(
+    ("length", "pairs"),
+    [
+        (MAX_VALUE_CHARS - 1, ("1-2", "3-4")),  # under the cap: read whole
+        # At the cap the value may be one an adapter cut to 64 K (bounded_attributes), so its
+        # last piece cannot be trusted and is skipped, complete or not.
+        (MAX_VALUE_CHARS, ("1-2",)),
+        (MAX_VALUE_CHARS + 1, ("1-2",)),
+    ],
+)
+def test_a_value_of_the_cap_plus_or_minus_one(length: int, pairs: tuple[str, ...]) -> None:
+    value = "1-2," + " " * (length - 4 - 3) + "3-4"
+    assert len(value) == length
+    result = from_attributes({KEY: value}, KEY)
+    assert result.pairs == pairs
+    assert (result.note is None) == (length < MAX_VALUE_CHARS)

@@ -33,14 +33,16 @@ from webhooks.errors import PayloadError
 from webhooks.events import (
     MAX_ATTRIBUTE_VALUE_CHARS,
     MAX_ATTRIBUTES,
+    MAX_ATTRIBUTES_TOTAL_CHARS,
     MAX_TIMESTAMP,
     CustomerRedaction,
     EventKind,
     Money,
     NormalizedEvent,
     ParseResult,
+    bounded_attributes,
 )
-from webhooks.money import checked_amount, from_decimal_string, from_minor_units
+from webhooks.money import as_currency_code, checked_amount, from_decimal_string, from_minor_units
 from webhooks.schema import deliveries, events
 
 EMAIL = "buyer@example.com"
@@ -296,7 +298,7 @@ def test_a_megabyte_of_cart_attributes_is_not_stored_with_the_event(edge: Servic
 
 
 def test_stripe_metadata_is_bounded_and_unstorable_entries_dropped() -> None:
-    metadata: dict[str, Any] = {f"k{n}": "v" for n in range(100)}
+    metadata: dict[str, Any] = {f"k{n}": "v" for n in range(MAX_ATTRIBUTES + 50)}
     metadata.update({"nul": "a\u0000b", "\ud800": "x", "": "empty", "ctl\n": "x", "n": 5})
     kept = string_map(metadata)
     assert list(kept) == [f"k{n}" for n in range(MAX_ATTRIBUTES)]
@@ -376,7 +378,7 @@ def test_a_valid_event_passes_the_central_checks() -> None:
         {"occurred_at": 1e30},
         {"occurred_at": -1.0},
         {"occurred_at": math.nan},
-        {"attributes": {f"k{n}": "v" for n in range(51)}},
+        {"attributes": {f"k{n}": "v" for n in range(MAX_ATTRIBUTES + 1)}},
         {"attributes": {"k": "v" * (MAX_ATTRIBUTE_VALUE_CHARS + 1)}},
         {"attributes": {"k": "\ud800"}},
         {"email_digest": EMAIL},
@@ -649,3 +651,37 @@ def test_signed_hostile_deliveries_never_get_a_500(edge: Service, data: st.DataO
     topic = data.draw(st.sampled_from(sorted(SHOPIFY_TOPICS)))
     shop_body = substituted(order, data.draw(changes_for(order)))
     assert edge.post_shopify(topic, shop_body).status_code in (200, 400)
+
+
+def test_attribute_bounds_at_each_cap_plus_or_minus_one() -> None:
+    cap = MAX_ATTRIBUTE_VALUE_CHARS
+    for length, kept in ((cap - 1, cap - 1), (cap, cap), (cap + 1, cap)):  # cut, never dropped
+        assert len(bounded_attributes([("a", "x" * length)])["a"]) == kept
+    names = bounded_attributes([("k" * 255, "v"), ("k" * 256, "v")])
+    assert list(names) == ["k" * 255]
+    budget = MAX_ATTRIBUTES_TOTAL_CHARS
+    exact = bounded_attributes([("a", "x" * (cap - 1)), ("b", "x" * (budget - cap - 1))])
+    assert sum(len(k) + len(v) for k, v in exact.items()) == budget
+    over = bounded_attributes([("a", "x" * (cap - 1)), ("b", "x" * (budget - cap)), ("c", "")])
+    assert list(over) == ["a", "c"]  # "b" would pass the total by one; later entries still fit
+    first_50 = bounded_attributes((f"k{n}", "v") for n in range(MAX_ATTRIBUTES + 1))
+    assert list(first_50) == [f"k{n}" for n in range(MAX_ATTRIBUTES)]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("usd", "USD"),
+        ("Eur", "EUR"),
+        ("\u0131sk", None),
+        ("\u017fek", None),
+        ("US", None),
+        ("USDX", None),
+        ("U1D", None),
+        (None, None),
+        (840, None),
+    ],
+)
+def test_as_currency_code_is_ascii_letters_in_any_case(value: object, expected: str | None) -> None:
+    # "ı".upper() == "I" and "ſ".upper() == "S": ASCII is checked before upper-casing.
+    assert as_currency_code(value) == expected

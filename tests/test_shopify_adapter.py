@@ -12,7 +12,7 @@ from tests.payloads import body, experiments, fixture, shopify_order
 from tests.signing import shopify_hmac
 from webhooks.config import SourceSettings
 from webhooks.errors import PayloadError, SignatureError
-from webhooks.events import EventKind
+from webhooks.events import MAX_ATTRIBUTES, EventKind
 
 SECRET = "shpss_secret"
 SETTINGS = SourceSettings("s", "shopify", ("shpss_rotated", SECRET), 300, False, "k", "total")
@@ -289,11 +289,61 @@ def test_hmac_header_of_100_kb_is_a_signature_error() -> None:
 
 
 def test_note_attributes_are_bounded() -> None:
-    entries: list[dict[str, Any]] = [{"name": f"k{n}", "value": str(n)} for n in range(200)]
+    entries: list[dict[str, Any]] = [
+        {"name": f"k{n}", "value": str(n)} for n in range(MAX_ATTRIBUTES + 150)
+    ]
     entries.insert(0, {"name": "big", "value": "x" * 1_000_000})
     entries.insert(1, {"name": "n", "value": 12})
     entries.insert(2, {"name": "\ud800", "value": "dropped"})
     attributes = parse("orders/paid", paid_order(note_attributes=entries)).events[0].attributes
-    assert len(attributes) == 50
+    assert len(attributes) == MAX_ATTRIBUTES
     assert len(attributes["big"]) == 65_536 and attributes["n"] == "12"
     assert "\ud800" not in attributes
+
+
+TOPIC_FIXTURES = {
+    "orders/paid": "orders_paid",
+    "orders/create": "orders_create",
+    "refunds/create": "refunds_create",
+    "customers/redact": "customers_redact",
+    "customers/data_request": "customers_data_request",
+    "shop/redact": "shop_redact",
+}
+ORDER_TOPICS = {"orders/paid", "orders/create"}
+
+
+@pytest.mark.parametrize(
+    ("body_topic", "header_topic"),
+    [(b, h) for b in TOPIC_FIXTURES for h in TOPIC_FIXTURES if b != h],
+)
+def test_a_signed_body_replayed_under_any_other_topic_is_refused_or_the_same_order(
+    body_topic: str, header_topic: str
+) -> None:
+    # Only the body is signed: a body replayed under another handled topic header is a
+    # PayloadError, except between the two order topics, whose bodies share one shape; there
+    # it can only give the same purchase (one business key), and only when the body is paid.
+    name = TOPIC_FIXTURES[body_topic]
+    if body_topic in ORDER_TOPICS:
+        payload = shopify_order(name, financial_status="paid")
+    else:
+        payload = fixture("shopify", name)
+    raw = body(payload)
+    headers = {"x-shopify-topic": header_topic, "x-shopify-event-id": "replayed"}
+    if {body_topic, header_topic} != ORDER_TOPICS:
+        with pytest.raises(PayloadError, match=f"not a {header_topic} body"):
+            ADAPTER.parse(headers, raw)
+        return
+    replayed = ADAPTER.parse(headers, raw)
+    original = ADAPTER.parse({**headers, "x-shopify-topic": body_topic}, raw)
+    (event,) = replayed.events
+    (same,) = original.events
+    assert (event.kind, event.order_id, event.amounts) == (same.kind, same.order_id, same.amounts)
+    assert replayed.redaction is None
+
+
+def test_experiment_attribute_after_many_other_cart_attributes_is_kept() -> None:
+    """A shop's theme may write dozens of cart attributes before the experiment pairs."""
+    attributes = [{"name": f"theme_field_{n}", "value": "x"} for n in range(120)]
+    attributes.append({"name": "convert_experiments", "value": "100-200"})
+    result = parse("orders/paid", paid_order(note_attributes=attributes))
+    assert result.events[0].attributes["convert_experiments"] == "100-200"

@@ -14,7 +14,7 @@ from tests.payloads import body, stripe_event
 from tests.signing import stripe_signature_header
 from webhooks.config import SourceSettings
 from webhooks.errors import PayloadError, SignatureError
-from webhooks.events import EventKind
+from webhooks.events import MAX_ATTRIBUTES, EventKind
 
 SECRET = "whsec_abc"
 NOW = 1_800_000_000
@@ -317,3 +317,24 @@ def test_unpaid_session_reason_names_only_documented_statuses() -> None:
 def test_billing_reason_of_any_type_is_read_without_str() -> None:
     event = stripe_event("invoice_paid_basil", billing_reason=[[[]]])
     assert parse(event).events[0].kind is EventKind.PURCHASE
+
+
+def test_invoice_and_subscription_metadata_survive_many_line_metadata_keys() -> None:
+    # More distinct line keys than the entry bound: it must drop line keys, not the invoice's
+    # or the subscription's experiment pairs (a silent loss of attribution otherwise).
+    event = stripe_event("invoice_paid_basil")
+    invoice = event["data"]["object"]
+    per_line = MAX_ATTRIBUTES // 2
+    lines = [
+        {"quantity": 1, "metadata": {f"l{n}_{k}": "v" for k in range(per_line)}} for n in range(3)
+    ]
+    lines[0]["metadata"]["shared"] = "first line"
+    lines[2]["metadata"]["shared"] = "last line"
+    invoice["lines"]["data"] = lines
+    invoice["parent"]["subscription_details"]["metadata"] = {"sub_key": "s", "plan": "sub"}
+    invoice["metadata"] = {"convert_experiments": "1-2", "plan": "invoice"}
+    attributes = parse(event).events[0].attributes
+    assert len(attributes) == MAX_ATTRIBUTES
+    assert attributes["convert_experiments"] == "1-2"
+    assert (attributes["sub_key"], attributes["plan"]) == ("s", "invoice")
+    assert attributes["shared"] == "last line"

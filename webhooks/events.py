@@ -47,8 +47,10 @@ MAX_EVENTS_PER_DELIVERY = 100
 # twice (order_id and refund_of), under SQLite's 32,766 and PostgreSQL's 65,535.
 MAX_REDACTION_ORDERS = 10_000
 # Attribute maps hold buyer-controlled text (Shopify cart attributes): bounded per event.
-# Stripe itself allows 50 keys of 40 characters and values of 500; Shopify sets no limit.
-MAX_ATTRIBUTES = 50
+# Stripe itself allows 50 keys of 40 characters and values of 500; Shopify sets no limit, and
+# the entries kept are the first ones, so the count is generous (a shop's own cart attributes
+# before the experiment attribute must not push it out); the total below bounds the size.
+MAX_ATTRIBUTES = 250
 MAX_ATTRIBUTE_KEY_CHARS = 255
 MAX_ATTRIBUTE_VALUE_CHARS = 65_536  # also what attribution reads of one value
 MAX_ATTRIBUTES_TOTAL_CHARS = 131_072
@@ -57,7 +59,7 @@ MAX_ATTRIBUTES_TOTAL_CHARS = 131_072
 # (JSON "\ud800" decodes to one): none belongs in an id, a log line or a terminal.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 # What attribute values may not hold: NUL and unpaired surrogates cannot be stored as UTF-8.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -86,8 +88,13 @@ def check_key(value: object, what: str, limit: int) -> str:
 
 
 def is_storable_text(value: str) -> bool:
-    """Free of NUL and unpaired surrogates: text any database can hold as UTF-8."""
-    return _UNSTORABLE.search(value) is None
+    """Free of NUL and unpaired surrogates: text any database can hold as UTF-8.
+
+    Values reach 64 K characters: `in` is a memchr and isascii() is O(1) in CPython, so only
+    non-ASCII text pays for the regex scan."""
+    if "\x00" in value:
+        return False
+    return value.isascii() or _SURROGATE.search(value) is None
 
 
 def is_attribute_key(value: object) -> bool:

@@ -62,11 +62,21 @@ def is_currency_code(value: object) -> bool:
     return isinstance(value, str) and _CURRENCY.fullmatch(value) is not None
 
 
+def as_currency_code(value: object) -> str | None:
+    """A currency code as platforms send it (any case), upper-cased; None if it is not one.
+    ASCII first: "ı".upper() is "I" and "ſ".upper() is "S"."""
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    code = value.upper()
+    return code if is_currency_code(code) else None
+
+
 def currency_code(value: object, what: str) -> str:
-    """A currency code as platforms send it (any case), upper-cased; PayloadError otherwise."""
-    if not isinstance(value, str) or not value.isascii() or not is_currency_code(value.upper()):
+    """As `as_currency_code`, but a PayloadError naming the field when it is not a code."""
+    code = as_currency_code(value)
+    if code is None:
         raise PayloadError(f"field '{what}' must be a three-letter currency code")
-    return value.upper()
+    return code
 
 
 def is_canonical_amount(value: Decimal) -> bool:
