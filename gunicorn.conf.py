@@ -17,8 +17,8 @@ errorlog = "-"
 def on_starting(server):  # type: ignore[no-untyped-def]
     import sys
 
-    from webhooks.errors import ConfigError
-    from webhooks.startup import announce
+    from webhooks.core.errors import ConfigError
+    from webhooks.wiring.startup import announce
 
     try:
         announce(bind)
@@ -29,13 +29,13 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
-    from webhooks.app import runtime_of
+    from webhooks.web.app import runtime_of
 
     runtime_of(worker.wsgi).start_background()
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    from webhooks.app import runtime_of
+    from webhooks.web.app import runtime_of
 
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):

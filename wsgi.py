@@ -1,5 +1,5 @@
 """gunicorn entry point: `gunicorn -c gunicorn.conf.py wsgi:app`."""
 
-from webhooks.app import create_app
+from webhooks.web.app import create_app
 
 app = create_app()

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from webhooks.events import ParseResult
+from webhooks.core.events import ParseResult
 
 
 class VerifySettings(Protocol):

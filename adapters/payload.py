@@ -13,8 +13,8 @@ from collections.abc import Collection, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from webhooks.errors import PayloadError
-from webhooks.events import (
+from webhooks.core.errors import PayloadError
+from webhooks.core.events import (
     MAX_ID_CHARS,
     MAX_ITEM_COUNT,
     MAX_LINE_QUANTITY,

@@ -31,8 +31,8 @@ from adapters.payload import (
     quantity_sum,
 )
 from adapters.signing import any_base64_matches
-from webhooks.errors import PayloadError, SignatureError
-from webhooks.events import (
+from webhooks.core.errors import PayloadError, SignatureError
+from webhooks.core.events import (
     MAX_ID_CHARS,
     MAX_TIMESTAMP,
     MAX_TOPIC_CHARS,
@@ -44,7 +44,7 @@ from webhooks.events import (
     bounded_attributes,
     check_key,
 )
-from webhooks.money import as_currency_code, checked_amount, currency_code, from_decimal_string
+from webhooks.core.money import as_currency_code, checked_amount, currency_code, from_decimal_string
 
 platform = "shopify"
 

@@ -26,8 +26,8 @@ from adapters.payload import (
     string_map,
 )
 from adapters.signing import any_hex_matches
-from webhooks.errors import SignatureError
-from webhooks.events import (
+from webhooks.core.errors import SignatureError
+from webhooks.core.events import (
     MAX_ID_CHARS,
     MAX_TOPIC_CHARS,
     EventKind,
@@ -36,7 +36,7 @@ from webhooks.events import (
     ParseResult,
     bounded_attributes,
 )
-from webhooks.money import currency_code, from_minor_units
+from webhooks.core.money import currency_code, from_minor_units
 
 platform = "stripe"
 

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 
-from webhooks.attribution import from_attributes
+from webhooks.attribution.pairs import from_attributes
 
 KEY = "convert_experiments"
 _PAIR = re.compile(r"^(\d{1,20})-(\d{1,20})$")

@@ -41,7 +41,7 @@ from bench.standin import StandIn
 from bench.webhook import SOURCE, ShopifyWebhooks, order_id_of
 
 WORKERS = 2
-SEND_CONCURRENCY = 8  # webhooks.dispatcher's sends per worker: the in-flight bound per kill
+SEND_CONCURRENCY = 8  # the dispatcher's sends per worker: the in-flight bound per kill
 
 
 @dataclass

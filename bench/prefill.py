@@ -64,9 +64,9 @@ def _capture_child(pipe: Connection, config: Path) -> None:
 def _capture(config: Path) -> Templates:
     from sqlalchemy import select
 
-    from webhooks.app import create_app, runtime_of
-    from webhooks.config import load_settings
-    from webhooks.schema import attempts, deliveries, events, sends
+    from webhooks.storage.schema import attempts, deliveries, events, sends
+    from webhooks.web.app import create_app, runtime_of
+    from webhooks.wiring.config import load_settings
 
     app = create_app(load_settings(config))
     runtime = runtime_of(app)
@@ -107,8 +107,8 @@ def _max_id(con: sqlite3.Connection, table: Table) -> int:
 def prefill(db_path: Path, templates: Templates, count: int, state: str, first_order: int) -> float:
     """Add `count` deliveries + events (state "sent": with their send and attempt rows, as after
     a normal life; state "pending": due now, for a backlog). Seconds taken."""
-    from webhooks.database import make_engine, migrate
-    from webhooks.schema import attempts, deliveries, events, sends
+    from webhooks.storage.database import make_engine, migrate
+    from webhooks.storage.schema import attempts, deliveries, events, sends
 
     started = time.monotonic()
     engine = make_engine(f"sqlite:///{db_path}")

@@ -20,9 +20,10 @@ from tests.config_file import SHOPIFY_SECRET, STRIPE_SECRET, config_document
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import body
 from tests.signing import shopify_hmac, stripe_signature_header
-from webhooks.app import create_app, runtime_of
-from webhooks.config import Settings, settings_from_mapping
-from webhooks.runtime import Runtime
+from webhooks.core.settings import Settings
+from webhooks.web.app import create_app, runtime_of
+from webhooks.wiring.config import settings_from_mapping
+from webhooks.wiring.runtime import Runtime
 
 START = 1_800_000_000.0  # 2027-01-15: a fixed "now" for the fake clock
 

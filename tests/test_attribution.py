@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhooks.attribution import MAX_VALUE_CHARS, from_attributes
-from webhooks.reasons import MALFORMED_EXPERIMENT_DATA, NO_EXPERIMENT_DATA
+from webhooks.attribution.pairs import MAX_VALUE_CHARS, from_attributes
+from webhooks.core.states import MALFORMED_EXPERIMENT_DATA, NO_EXPERIMENT_DATA
 
 KEY = "convert_experiments"
 

@@ -11,8 +11,8 @@ from typing import Any
 from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import experiments, shopify_order
-from webhooks.dispatcher import Dispatcher
-from webhooks.queue import claim_due
+from webhooks.delivery.dispatcher import Dispatcher
+from webhooks.storage.queue import claim_due
 
 
 def store_orders(service: Service, count: int) -> None:

@@ -18,7 +18,7 @@ from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import stripe_event
 from webhooks.cli import main
-from webhooks.schema import deliveries, events
+from webhooks.storage.schema import deliveries, events
 
 # What a terminal acts on: C0 controls (ESC, BEL, CR, LF inside a value), DEL, C1 controls
 # (CSI 0x9b works like ESC [ on some terminals), and bidi overrides that reorder the line.

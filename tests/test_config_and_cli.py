@@ -14,8 +14,8 @@ from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import stripe_event
 from webhooks.cli import main
-from webhooks.config import load_settings
-from webhooks.errors import ConfigError
+from webhooks.core.errors import ConfigError
+from webhooks.wiring.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "example.toml"

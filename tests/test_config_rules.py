@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tests.config_file import config_document
-from webhooks.config import minimum_lease_seconds, settings_from_mapping
-from webhooks.errors import ConfigError
+from webhooks.core.errors import ConfigError
+from webhooks.wiring.config import minimum_lease_seconds, settings_from_mapping
 
 ENDPOINT = "http://127.0.0.1:9/track/"
 

@@ -7,12 +7,12 @@ from decimal import Decimal
 
 import pytest
 
-from webhooks.attribution import from_attributes
-from webhooks.config import ConvertSettings, GoalSet
-from webhooks.convert import build_requests, format_value, safe_transaction_id
-from webhooks.errors import PayloadError
-from webhooks.money import from_decimal_string, from_minor_units
-from webhooks.retry import RetryPolicy
+from webhooks.attribution.pairs import from_attributes
+from webhooks.convert.legacy import build_requests, format_value, safe_transaction_id
+from webhooks.core.errors import PayloadError
+from webhooks.core.money import from_decimal_string, from_minor_units
+from webhooks.core.settings import ConvertSettings, GoalSet
+from webhooks.delivery.retry import RetryPolicy
 
 SETTINGS = ConvertSettings(
     "1111", "2222", "https://{project_id}.track.convertexperiments.com/track/", False, 3.0, 10.0

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import experiments, shopify_order, stripe_event
-from webhooks.schema import events
+from webhooks.storage.schema import events
 
 PURCHASE_GOALS = "g=100%2C101&ga=2&t=100"  # config: conversion 100,101; transaction 100
 
@@ -192,7 +192,7 @@ def test_no_experiment_data_is_skipped_with_reason(
 def test_replaying_a_delivery_sends_nothing_new(
     service: Service, recorder: ConvertRecorder
 ) -> None:
-    from webhooks.replay import replay_delivery
+    from webhooks.wiring.replay import replay_delivery
 
     response = service.post_stripe(live("payment_intent_succeeded"))
     service.drain()
@@ -302,7 +302,7 @@ def test_dry_run_logs_the_url_and_sends_nothing(
             "dry_run": True,
         },
     )
-    caplog.set_level("INFO", logger="webhooks.sender")
+    caplog.set_level("INFO", logger="webhooks.convert.http")
     svc.post_stripe(live("payment_intent_succeeded"))
     svc.drain()
     assert recorder.paths == []

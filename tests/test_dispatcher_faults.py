@@ -22,13 +22,13 @@ from tests.config_file import config_document
 from tests.conftest import FakeClock, Service
 from tests.convert_recorder import ConvertRecorder, order_counts
 from tests.payloads import experiments, shopify_order
-from webhooks.app import create_app
-from webhooks.clock import SystemClock
-from webhooks.config import settings_from_mapping
-from webhooks.dispatcher import SEND_CONCURRENCY, Dispatcher
-from webhooks.queue import claim_due
-from webhooks.records import event_detail
-from webhooks.schema import attempts, events, sends
+from webhooks.delivery.dispatcher import SEND_CONCURRENCY, Dispatcher
+from webhooks.storage.clock import SystemClock
+from webhooks.storage.queue import claim_due
+from webhooks.storage.records import event_detail
+from webhooks.storage.schema import attempts, events, sends
+from webhooks.web.app import create_app
+from webhooks.wiring.config import settings_from_mapping
 
 
 def store(service: Service, *order_ids: int, pairs: str = "1-2") -> None:
@@ -186,7 +186,7 @@ def test_pairs_beyond_the_cap_are_left_out_and_the_event_says_so(
 # -- recording while the database is locked ------------------------------------------------
 class DatabaseLock:
     """Holds a SQLite file's write lock from another connection (and, optionally, the file
-    lock webhooks.database takes first) for a while, then lets go."""
+    lock webhooks.storage.database takes first) for a while, then lets go."""
 
     def __init__(self, path: Path, file_lock: bool) -> None:
         self.path = path

@@ -1,7 +1,7 @@
 """Bad input is judged at the edge: a parser validates every value it passes on, so storage and
 the dispatcher only see values they can hold. Real platform payloads (tests/fixtures) with one
 value made hostile, through the HTTP route where the answer matters (a 400 keeps the delivery
-as rejected), and directly against the central checks in webhooks/events.py, which no adapter
+as rejected), and directly against the central checks in webhooks/core/events.py, which no adapter
 can skip. Property tests substitute any JSON value anywhere in every fixture."""
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ from tests.config_file import config_document
 from tests.conftest import FakeClock, Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import FIXTURES, body, experiments, fixture, shopify_order, stripe_event
-from webhooks.app import create_app
-from webhooks.config import settings_from_mapping
-from webhooks.errors import PayloadError
-from webhooks.events import (
+from webhooks.core.errors import PayloadError
+from webhooks.core.events import (
     MAX_ATTRIBUTE_VALUE_CHARS,
     MAX_ATTRIBUTES,
     MAX_ATTRIBUTES_TOTAL_CHARS,
@@ -42,8 +40,15 @@ from webhooks.events import (
     ParseResult,
     bounded_attributes,
 )
-from webhooks.money import as_currency_code, checked_amount, from_decimal_string, from_minor_units
-from webhooks.schema import deliveries, events
+from webhooks.core.money import (
+    as_currency_code,
+    checked_amount,
+    from_decimal_string,
+    from_minor_units,
+)
+from webhooks.storage.schema import deliveries, events
+from webhooks.web.app import create_app
+from webhooks.wiring.config import settings_from_mapping
 
 EMAIL = "buyer@example.com"
 PROPERTY = settings(

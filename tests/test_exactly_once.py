@@ -24,8 +24,8 @@ from tests.convert_recorder import ConvertRecorder, order_counts
 from tests.gunicorn_process import GunicornService, service_config
 from tests.payloads import body, experiments, shopify_order
 from tests.signing import shopify_hmac
-from webhooks.dispatcher import MAX_UNRECORDED, SEND_CONCURRENCY
-from webhooks.schema import events
+from webhooks.delivery.dispatcher import MAX_UNRECORDED, SEND_CONCURRENCY
+from webhooks.storage.schema import events
 
 SECRET = "shpss_exactly_once_test"
 WORKERS = 2

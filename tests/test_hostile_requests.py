@@ -24,7 +24,7 @@ from tests.convert_recorder import ConvertRecorder
 from tests.gunicorn_process import GunicornService
 from tests.payloads import body, shopify_order, stripe_event
 from tests.signing import shopify_hmac, stripe_signature_header
-from webhooks.schema import deliveries
+from webhooks.storage.schema import deliveries
 
 MAX = 2048
 

@@ -24,9 +24,9 @@ from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.gunicorn_process import GunicornService
 from tests.payloads import fixture, stripe_event
-from webhooks.events import ParseResult
-from webhooks.logs import EscapingFormatter, describe, escape
-from webhooks.schema import deliveries, events
+from webhooks.core.events import ParseResult
+from webhooks.core.logs import EscapingFormatter, describe, escape
+from webhooks.storage.schema import deliveries, events
 
 MARKER = "leak-marker@example.com"
 
@@ -78,7 +78,7 @@ def test_every_log_line_is_escaped_whatever_module_logs_it(
 
 
 def test_configuring_twice_does_not_escape_twice(svc: Service, log_output: io.StringIO) -> None:
-    from webhooks.logs import configure_logging
+    from webhooks.core.logs import configure_logging
 
     configure_logging()
     logging.getLogger("x").warning("a\nb")
@@ -106,9 +106,9 @@ def test_client_errors_log_one_line_without_traceback(
     assert response.status_code == 401  # never verified, so never anything else
     text = log_output.getvalue()
     assert "Traceback" not in text and "invalid literal" not in text
-    lines = [line for line in text.splitlines() if "webhooks.routes" in line]
+    lines = [line for line in text.splitlines() if "webhooks.web.routes" in line]
     assert len(lines) == 4  # one per request
-    assert "signature check failed: ValueError at webhooks/routes.py" in lines[-1]
+    assert "signature check failed: ValueError at webhooks/web/routes.py" in lines[-1]
 
 
 def test_a_bug_is_a_json_500_with_one_log_line(

@@ -15,8 +15,8 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from tests.payloads import stripe_event
-from webhooks.database import MIGRATIONS, make_engine, migrate
-from webhooks.schema import V2_INDEXES
+from webhooks.storage.database import MIGRATIONS, make_engine, migrate
+from webhooks.storage.schema import V2_INDEXES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "schema_v1"
 V1_TABLES = ("deliveries", "events", "sends", "attempts")
@@ -157,7 +157,7 @@ def test_migrated_database_keeps_idempotency_and_takes_new_webhooks(
 
 MIGRATE = """
 import sys, time
-from webhooks.database import make_engine, migrate
+from webhooks.storage.database import make_engine, migrate
 url, start = sys.argv[1], float(sys.argv[2])
 engine = make_engine(url, busy_timeout_ms=20000)
 time.sleep(max(0.0, start - time.time()))

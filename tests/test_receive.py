@@ -14,7 +14,7 @@ from tests.config_file import STRIPE_OLD_SECRET, STRIPE_SECRET
 from tests.conftest import Service
 from tests.payloads import body, experiments, fixture, shopify_order, stripe_event
 from tests.signing import stripe_signature_header
-from webhooks.schema import deliveries, events
+from webhooks.storage.schema import deliveries, events
 
 
 def count(service: Service, table: Any) -> int:

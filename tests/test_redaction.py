@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from tests.conftest import Service
 from tests.payloads import body, experiments, fixture, shopify_order, stripe_event
-from webhooks.schema import deliveries, events
-from webhooks.store import addresses_in
+from webhooks.storage.ingest import addresses_in
+from webhooks.storage.schema import deliveries, events
 
 CUSTOMER = 191167  # tests/fixtures/shopify/customers_redact.json
 EMAIL = "John.Doe@example.com"  # the redaction names it in lower case: found in any case

@@ -17,12 +17,12 @@ from tests.conftest import FakeClock, Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import stripe_event
 from webhooks.cli import main
-from webhooks.config import RetentionSettings
-from webhooks.database import make_engine
-from webhooks.errors import ConfigError
-from webhooks.replay import resend_events
-from webhooks.retention import BATCH_SECONDS, PruneCounts, Pruner, _next_size, prune
-from webhooks.schema import attempts, deliveries, events, sends
+from webhooks.core.errors import ConfigError
+from webhooks.core.settings import RetentionSettings
+from webhooks.storage.database import make_engine
+from webhooks.storage.retention import BATCH_SECONDS, PruneCounts, Pruner, _next_size, prune
+from webhooks.storage.schema import attempts, deliveries, events, sends
+from webhooks.wiring.replay import resend_events
 
 DAY = 86400.0
 OLD_IGNORED = 40  # enough old bodies to free whole pages

@@ -14,9 +14,9 @@ from sqlalchemy import select
 from tests.conftest import FakeClock, Service
 from tests.convert_recorder import ConvertRecorder, order_counts
 from tests.payloads import experiments, shopify_order
-from webhooks.breaker import MAX_PAUSE
-from webhooks.schema import events
-from webhooks.sender import MAX_RETRY_AFTER, parse_retry_after
+from webhooks.convert.http import MAX_RETRY_AFTER, parse_retry_after
+from webhooks.delivery.breaker import MAX_PAUSE
+from webhooks.storage.schema import events
 
 NOW = 1_900_000_000.0
 

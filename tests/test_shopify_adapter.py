@@ -10,9 +10,9 @@ import pytest
 from adapters.shopify import ADAPTER
 from tests.payloads import body, experiments, fixture, shopify_order
 from tests.signing import shopify_hmac
-from webhooks.config import SourceSettings
-from webhooks.errors import PayloadError, SignatureError
-from webhooks.events import MAX_ATTRIBUTES, EventKind
+from webhooks.core.errors import PayloadError, SignatureError
+from webhooks.core.events import MAX_ATTRIBUTES, EventKind
+from webhooks.core.settings import SourceSettings
 
 SECRET = "shpss_secret"
 SETTINGS = SourceSettings("s", "shopify", ("shpss_rotated", SECRET), 300, False, "k", "total")

@@ -29,8 +29,8 @@ from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.gunicorn_process import ROOT, GunicornService, free_port, service_config
 from tests.payloads import stripe_event
-from webhooks.database import make_engine, transaction
-from webhooks.schema import deliveries, readiness
+from webhooks.storage.database import make_engine, transaction
+from webhooks.storage.schema import deliveries, readiness
 
 SHOP_SECRET = "shpss_storage_faults_test"
 BUSY_MS = 2000  # tests/config_file.py: database.busy_timeout_ms
@@ -249,7 +249,7 @@ def test_a_wait_given_up_on_does_not_keep_the_lock(service: Service, holder: Any
 
 CONTENDER = """
 import os, sys, threading, time
-from webhooks.database import FileLock
+from webhooks.storage.database import FileLock
 path, log, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lock = FileLock(path)
 

@@ -23,11 +23,11 @@ from adapters import REGISTRY, stripe
 from adapters.base import PlatformAdapter
 from tests.conftest import Service
 from tests.payloads import body, experiments, shopify_order, stripe_event
-from webhooks.errors import StorageError, UnstorableError
-from webhooks.events import NormalizedEvent, ParseResult
-from webhooks.replay import ReplayError, replay_delivery
-from webhooks.schema import deliveries, events
-from webhooks.store import Delivery, ingest
+from webhooks.core.errors import StorageError, UnstorableError
+from webhooks.core.events import NormalizedEvent, ParseResult
+from webhooks.storage.ingest import Delivery, ingest
+from webhooks.storage.schema import deliveries, events
+from webhooks.wiring.replay import ReplayError, replay_delivery
 
 LONG_A = "pi_" + "7" * 252 + "A" * 45  # 300 characters; the first 255 shared with LONG_B
 LONG_B = "pi_" + "7" * 252 + "B" * 45
@@ -186,7 +186,7 @@ def test_route_answers_400_and_keeps_the_body_when_the_database_refuses_a_value(
     assert rows(any_db_service, events) == []
     assert "Traceback" not in caplog.text
     (line,) = [r for r in caplog.records if "refused a value" in r.getMessage()]
-    assert "webhooks/store.py" in line.getMessage()  # the place, with no value
+    assert "webhooks/storage/ingest.py" in line.getMessage()  # the place, with no value
     again = any_db_service.post_stripe(event)  # the platform's retry: the same answer
     assert again.status_code == 400 and len(rows(any_db_service, deliveries)) == 1
 

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from adapters.stripe import ADAPTER
 from tests.payloads import body, stripe_event
 from tests.signing import stripe_signature_header
-from webhooks.config import SourceSettings
-from webhooks.errors import PayloadError, SignatureError
-from webhooks.events import MAX_ATTRIBUTES, EventKind
+from webhooks.core.errors import PayloadError, SignatureError
+from webhooks.core.events import MAX_ATTRIBUTES, EventKind
+from webhooks.core.settings import SourceSettings
 
 SECRET = "whsec_abc"
 NOW = 1_800_000_000

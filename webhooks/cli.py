@@ -20,16 +20,16 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks.app import build_runtime
-from webhooks.clock import SystemClock
-from webhooks.config import MIN_KEEP_DAYS, Settings, load_settings
-from webhooks.database import migrate
-from webhooks.errors import ConvertWebhooksError
-from webhooks.logs import configure_logging, escape
-from webhooks.records import event_detail, list_deliveries, list_events
-from webhooks.replay import replay_delivery, resend_events
-from webhooks.retention import PruneCounts, horizon, prune
-from webhooks.runtime import Runtime
+from webhooks.core.errors import ConvertWebhooksError
+from webhooks.core.logs import configure_logging, escape
+from webhooks.core.settings import MIN_KEEP_DAYS, Settings
+from webhooks.storage.clock import SystemClock
+from webhooks.storage.database import migrate
+from webhooks.storage.records import event_detail, list_deliveries, list_events
+from webhooks.storage.retention import PruneCounts, horizon, prune
+from webhooks.wiring.config import load_settings
+from webhooks.wiring.replay import replay_delivery, resend_events
+from webhooks.wiring.runtime import Runtime, build_runtime
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,8 +38,8 @@ from urllib.parse import quote, unquote
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import URL, make_url
 
-from webhooks.errors import ConfigError, StorageError
-from webhooks.schema import V2_COLUMNS, V2_INDEXES, metadata, readiness, schema_version
+from webhooks.core.errors import ConfigError, StorageError
+from webhooks.storage.schema import V2_COLUMNS, V2_INDEXES, metadata, readiness, schema_version
 
 MIN_SQLITE = (3, 35, 0)  # INSERT .. ON CONFLICT .. RETURNING
 # A PostgreSQL statement may run this long at least, also with a tiny busy timeout.

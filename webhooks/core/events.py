@@ -19,8 +19,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from webhooks.errors import PayloadError
-from webhooks.money import is_canonical_amount, is_currency_code
+from webhooks.core.errors import PayloadError
+from webhooks.core.money import is_canonical_amount, is_currency_code
 
 
 class EventKind(StrEnum):

@@ -7,13 +7,13 @@ import logging
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks.config import load_settings
-from webhooks.convert import endpoint_for
-from webhooks.database import make_engine, migrate
-from webhooks.errors import StorageError
-from webhooks.logs import configure_logging
+from webhooks.convert.legacy import endpoint_for
+from webhooks.core.errors import StorageError
+from webhooks.core.logs import configure_logging
+from webhooks.storage.database import make_engine, migrate
+from webhooks.wiring.config import load_settings
 
-log = logging.getLogger("webhooks.startup")
+log = logging.getLogger("webhooks.wiring.startup")
 
 
 def announce(bind: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from webhooks.config import DispatcherSettings
+from webhooks.core.settings import DispatcherSettings
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from webhooks.sender import Outcome, SendResult
+from webhooks.convert.http import Outcome, SendResult
 
 log = logging.getLogger(__name__)
 # Short, so a recovered Convert is noticed within seconds; Convert's own Retry-After may ask

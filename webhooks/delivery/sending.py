@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
-from webhooks.convert import ConvertRequest
-from webhooks.logs import describe
-from webhooks.queue import SendOutcome
-from webhooks.sender import Outcome, Sender, SendResult
+from webhooks.convert.http import Outcome, Sender, SendResult
+from webhooks.convert.legacy import ConvertRequest
+from webhooks.core.logs import describe
+from webhooks.storage.queue import SendOutcome
 
 log = logging.getLogger(__name__)
 _POLL = 0.25  # how often a waiting collector looks at a stop request

@@ -17,8 +17,7 @@ from werkzeug.wsgi import get_input_stream
 
 from adapters import REGISTRY
 from adapters.base import PlatformAdapter
-from webhooks.config import SourceSettings
-from webhooks.errors import (
+from webhooks.core.errors import (
     PARSE_FAILURES,
     BodyTooLargeError,
     PayloadError,
@@ -27,9 +26,10 @@ from webhooks.errors import (
     StorageError,
     UnstorableError,
 )
-from webhooks.logs import describe
-from webhooks.runtime import Runtime
-from webhooks.store import UNREADABLE_TOPIC, Delivery, ingest, store_rejected
+from webhooks.core.logs import describe
+from webhooks.core.settings import SourceSettings
+from webhooks.storage.ingest import UNREADABLE_TOPIC, Delivery, ingest, store_rejected
+from webhooks.wiring.runtime import Runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)

@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from webhooks.events import MAX_ATTRIBUTE_VALUE_CHARS
-from webhooks.reasons import MALFORMED_EXPERIMENT_DATA, NO_EXPERIMENT_DATA
+from webhooks.core.events import MAX_ATTRIBUTE_VALUE_CHARS
+from webhooks.core.states import MALFORMED_EXPERIMENT_DATA, NO_EXPERIMENT_DATA
 
 DEFAULT_MAX_PAIRS = 20
 MAX_VALUE_CHARS = MAX_ATTRIBUTE_VALUE_CHARS  # 64 K characters, as adapters keep at most

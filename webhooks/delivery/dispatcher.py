@@ -32,20 +32,21 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks import queue, reasons
-from webhooks.attribution import from_attributes
-from webhooks.breaker import Breaker
-from webhooks.clock import Clock
-from webhooks.config import Settings
-from webhooks.convert import ConvertRequest, build_requests
-from webhooks.database import transaction
-from webhooks.errors import StorageError
-from webhooks.events import EventKind
-from webhooks.logs import describe
-from webhooks.queue import Finish, SendOutcome, SendState
-from webhooks.retry import RetryPolicy
-from webhooks.sender import Outcome, Sender
-from webhooks.sending import Job, SendRound, SentRound, Slots
+from webhooks.attribution.pairs import from_attributes
+from webhooks.convert.http import Outcome, Sender
+from webhooks.convert.legacy import ConvertRequest, build_requests
+from webhooks.core import states as reasons
+from webhooks.core.clock import Clock
+from webhooks.core.errors import StorageError
+from webhooks.core.events import EventKind
+from webhooks.core.logs import describe
+from webhooks.core.settings import Settings
+from webhooks.delivery.breaker import Breaker
+from webhooks.delivery.retry import RetryPolicy
+from webhooks.delivery.sending import Job, SendRound, SentRound, Slots
+from webhooks.storage import queue
+from webhooks.storage.database import transaction
+from webhooks.storage.queue import Finish, SendOutcome, SendState
 
 log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENTS_KEY = "convert_experiments"

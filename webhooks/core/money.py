@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from webhooks.errors import PayloadError
+from webhooks.core.errors import PayloadError
 
 MAX_AMOUNT = Decimal(10) ** 12  # exclusive, major units
 MAX_PLACES = 6

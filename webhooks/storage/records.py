@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from webhooks.database import transaction
-from webhooks.schema import attempts, deliveries, events, sends
+from webhooks.storage.database import transaction
+from webhooks.storage.schema import attempts, deliveries, events, sends
 
 
 def list_events(

@@ -27,12 +27,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks.clock import Clock
-from webhooks.config import MIN_KEEP_DAYS, RetentionSettings
-from webhooks.database import is_postgres, transaction
-from webhooks.errors import ConfigError, StorageError
-from webhooks.logs import describe
-from webhooks.schema import attempts, deliveries, events, readiness, sends
+from webhooks.core.clock import Clock
+from webhooks.core.errors import ConfigError, StorageError
+from webhooks.core.logs import describe
+from webhooks.core.settings import MIN_KEEP_DAYS, RetentionSettings
+from webhooks.storage.database import is_postgres, transaction
+from webhooks.storage.schema import attempts, deliveries, events, readiness, sends
 
 log = logging.getLogger(__name__)
 

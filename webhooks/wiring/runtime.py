@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks.clock import Clock
-from webhooks.config import Settings
-from webhooks.database import mark_ready, migrate
-from webhooks.dispatcher import Dispatcher
-from webhooks.errors import StorageError
-from webhooks.retention import Pruner
-from webhooks.sender import Sender
+from webhooks.convert.http import Sender
+from webhooks.core.clock import Clock
+from webhooks.core.errors import StorageError
+from webhooks.core.settings import Settings
+from webhooks.delivery.dispatcher import Dispatcher
+from webhooks.storage.database import make_engine, mark_ready, migrate
+from webhooks.storage.retention import Pruner
 
 
 def process_name() -> str:
@@ -118,3 +118,11 @@ def _kind(exc: SQLAlchemyError) -> str:
     return (
         f"{type(exc).__name__}({type(orig).__name__})" if orig is not None else type(exc).__name__
     )
+
+
+def build_runtime(settings: Settings, clock: Clock) -> Runtime:
+    engine = make_engine(settings.database_url, settings.busy_timeout_ms)
+    convert = settings.convert
+    sender = Sender(convert.connect_timeout, convert.read_timeout, dry_run=convert.dry_run)
+    dispatcher = Dispatcher(engine, settings, sender, clock)
+    return Runtime(settings, engine, sender, dispatcher, clock)

@@ -10,15 +10,24 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from adapters import PLATFORMS
-from webhooks.errors import ConfigError
-from webhooks.events import SENDABLE_KINDS, EventKind
+from webhooks.core.errors import ConfigError
+from webhooks.core.events import SENDABLE_KINDS, EventKind
+from webhooks.core.settings import (
+    MIN_KEEP_DAYS,
+    AttributionSettings,
+    ConvertSettings,
+    DispatcherSettings,
+    GoalSet,
+    RetentionSettings,
+    Settings,
+    SourceSettings,
+)
 
 CONFIG_ENV = "CONVERT_WEBHOOKS_CONFIG"
 DATABASE_ENV = "CONVERT_WEBHOOKS_DATABASE_URL"
@@ -30,72 +39,8 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${NAME} or
 # trailing newline (which went into the Convert URL as %0A).
 _DIGITS = validate.Regexp(r"\A[0-9]{1,20}\Z", error="must be ASCII digits only")
 MIN_SECRET_LENGTH = 16
-MIN_KEEP_DAYS = 7.0  # longer than any platform retries (Stripe: 3 days, Shopify: 48 hours)
 # The secrets config/example.toml falls back to: fine for a dry run, never for real sending.
 EXAMPLE_SECRETS = frozenset({"whsec_example_secret", "shpss_example_secret"})
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    name: str
-    platform: str
-    secrets: tuple[str, ...]
-    tolerance_seconds: int
-    allow_test_events: bool
-    experiments_key: str
-    revenue: str
-
-
-@dataclass(frozen=True)
-class GoalSet:
-    conversion: tuple[str, ...]
-    transaction: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ConvertSettings:
-    account_id: str
-    project_id: str
-    endpoint: str
-    dry_run: bool
-    connect_timeout: float
-    read_timeout: float
-
-
-@dataclass(frozen=True)
-class DispatcherSettings:
-    enabled: bool
-    batch_size: int
-    lease_seconds: int
-    poll_seconds: float
-    linger_seconds: float
-    retry_base_seconds: float
-    retry_max_delay_seconds: float
-    retry_horizon_seconds: float
-
-
-@dataclass(frozen=True)
-class AttributionSettings:
-    max_pairs_per_order: int
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    keep_days: float
-    prune_interval_seconds: float  # 0: no schedule, `convert-webhooks prune` only
-
-
-@dataclass(frozen=True)
-class Settings:
-    convert: ConvertSettings
-    goals: Mapping[EventKind, GoalSet]
-    sources: Mapping[str, SourceSettings]
-    database_url: str
-    busy_timeout_ms: int
-    max_body_bytes: int
-    dispatcher: DispatcherSettings
-    attribution: AttributionSettings = AttributionSettings(20)
-    retention: RetentionSettings = RetentionSettings(30.0, 3600.0)
 
 
 def _fail(message: str) -> bool:

@@ -7,14 +7,13 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from webhooks.clock import Clock, SystemClock
-from webhooks.config import Settings, load_settings
-from webhooks.database import make_engine
-from webhooks.dispatcher import Dispatcher
-from webhooks.errors import ConvertWebhooksError, StorageError
-from webhooks.logs import configure_logging, describe
-from webhooks.runtime import Runtime
-from webhooks.sender import Sender
+from webhooks.core.clock import Clock
+from webhooks.core.errors import ConvertWebhooksError, StorageError
+from webhooks.core.logs import configure_logging, describe
+from webhooks.core.settings import Settings
+from webhooks.storage.clock import SystemClock
+from webhooks.wiring.config import load_settings
+from webhooks.wiring.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +37,13 @@ def create_app(
         # Start anyway: /readyz says 503 and requests answer 503 until the database is back.
         log.warning("database unavailable at start-up; will retry on first use")
 
-    from webhooks.routes import bp
+    from webhooks.web.routes import bp
 
     app.register_blueprint(bp)
     app.register_error_handler(ConvertWebhooksError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
-
-
-def build_runtime(settings: Settings, clock: Clock) -> Runtime:
-    engine = make_engine(settings.database_url, settings.busy_timeout_ms)
-    convert = settings.convert
-    sender = Sender(convert.connect_timeout, convert.read_timeout, dry_run=convert.dry_run)
-    dispatcher = Dispatcher(engine, settings, sender, clock)
-    return Runtime(settings, engine, sender, dispatcher, clock)
 
 
 def runtime_of(app: Flask) -> Runtime:

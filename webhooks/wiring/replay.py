@@ -14,13 +14,13 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from adapters import REGISTRY
-from webhooks import reasons
-from webhooks.config import Settings
-from webhooks.errors import PARSE_FAILURES, ConvertWebhooksError, PayloadError
-from webhooks.events import ParseResult
-from webhooks.logs import describe, escape
-from webhooks.schema import deliveries, events, sends
-from webhooks.store import Delivery, IngestOutcome, checked_transaction, store_events
+from webhooks.core import states as reasons
+from webhooks.core.errors import PARSE_FAILURES, ConvertWebhooksError, PayloadError
+from webhooks.core.events import ParseResult
+from webhooks.core.logs import describe, escape
+from webhooks.core.settings import Settings
+from webhooks.storage.ingest import Delivery, IngestOutcome, checked_transaction, store_events
+from webhooks.storage.schema import deliveries, events, sends
 
 RESENDABLE_STATES = ("dead", "skipped", "dry_run")
 MAX_ID = 2**63 - 1  # ids are BIGINT; a larger number names nothing (and SQLite cannot bind it)

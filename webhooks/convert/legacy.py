@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import quote
 
-from webhooks.config import ConvertSettings, GoalSet
+from webhooks.core.settings import ConvertSettings, GoalSet
 
 # A transaction id keeps letters, digits and `_ - . :`; every other character (the format's
 # separators `|` and `,`, `&`, `=`, spaces, `~` itself) becomes `~XX` per UTF-8 byte. The mapping

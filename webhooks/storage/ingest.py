@@ -22,19 +22,19 @@ from sqlalchemy import Connection, Engine, Table, TextClause, and_, or_, select,
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.sql.elements import ColumnElement
 
-from webhooks.config import GoalSet, SourceSettings
-from webhooks.database import transaction
-from webhooks.errors import StorageError, UnstorableError
-from webhooks.events import (
+from webhooks.core.errors import StorageError, UnstorableError
+from webhooks.core.events import (
     SENDABLE_KINDS,
     CustomerRedaction,
     EventKind,
     NormalizedEvent,
     ParseResult,
 )
-from webhooks.logs import escape
-from webhooks.reasons import NO_GOALS, NOT_SENT_KIND, QUEUED, TEST_MODE, WAITING_FOR_PAIRS
-from webhooks.schema import deliveries, events
+from webhooks.core.logs import escape
+from webhooks.core.settings import GoalSet, SourceSettings
+from webhooks.core.states import NO_GOALS, NOT_SENT_KIND, QUEUED, TEST_MODE, WAITING_FOR_PAIRS
+from webhooks.storage.database import transaction
+from webhooks.storage.schema import deliveries, events
 
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 # What a driver raises for a value it cannot bind: sqlite3 an OverflowError for an int past

@@ -21,10 +21,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, or_, select, text, update
 
-from webhooks.convert import ConvertRequest
-from webhooks.reasons import RETRYING
-from webhooks.schema import events, sends
-from webhooks.sender import Outcome, SendResult
+from webhooks.convert.http import Outcome, SendResult
+from webhooks.convert.legacy import ConvertRequest
+from webhooks.core.states import RETRYING
+from webhooks.storage.schema import events, sends
 
 DONE_SEND_STATES = frozenset({"sent", "dry_run", "dead"})  # not sent again in a retry
 

@@ -1,0 +1,74 @@
+"""The settings every layer reads: plain values, built and validated by wiring/config.py from
+the TOML file (which is the only place that knows the file's shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from webhooks.core.events import EventKind
+
+MIN_KEEP_DAYS = 7.0  # longer than any platform retries (Stripe: 3 days, Shopify: 48 hours)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    name: str
+    platform: str
+    secrets: tuple[str, ...]
+    tolerance_seconds: int
+    allow_test_events: bool
+    experiments_key: str
+    revenue: str
+
+
+@dataclass(frozen=True)
+class GoalSet:
+    conversion: tuple[str, ...]
+    transaction: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    account_id: str
+    project_id: str
+    endpoint: str
+    dry_run: bool
+    connect_timeout: float
+    read_timeout: float
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    enabled: bool
+    batch_size: int
+    lease_seconds: int
+    poll_seconds: float
+    linger_seconds: float
+    retry_base_seconds: float
+    retry_max_delay_seconds: float
+    retry_horizon_seconds: float
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    max_pairs_per_order: int
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    keep_days: float
+    prune_interval_seconds: float  # 0: no schedule, `convert-webhooks prune` only
+
+
+@dataclass(frozen=True)
+class Settings:
+    convert: ConvertSettings
+    goals: Mapping[EventKind, GoalSet]
+    sources: Mapping[str, SourceSettings]
+    database_url: str
+    busy_timeout_ms: int
+    max_body_bytes: int
+    dispatcher: DispatcherSettings
+    attribution: AttributionSettings = AttributionSettings(20)
+    retention: RetentionSettings = RetentionSettings(30.0, 3600.0)
