@@ -107,7 +107,8 @@ def _max_id(con: sqlite3.Connection, table: Table) -> int:
 def prefill(db_path: Path, templates: Templates, count: int, state: str, first_order: int) -> float:
     """Add `count` deliveries + events (state "sent": with their send and attempt rows, as after
     a normal life; state "pending": due now, for a backlog). Seconds taken."""
-    from webhooks.storage.database import make_engine, migrate
+    from webhooks.storage.database import make_engine
+    from webhooks.storage.migrations import migrate
     from webhooks.storage.schema import attempts, deliveries, events, sends
 
     started = time.monotonic()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhooks.attribution.pairs import MAX_VALUE_CHARS, from_attributes
-from webhooks.core.states import MALFORMED_EXPERIMENT_DATA, NO_EXPERIMENT_DATA
+from webhooks.core.states import Reason
 
 KEY = "convert_experiments"
 
@@ -62,7 +62,7 @@ def test_max_pairs_below_one_is_a_programming_error() -> None:
 def test_ids_are_one_to_twenty_ascii_digits(value: str) -> None:
     result = from_attributes({KEY: value}, KEY)
     assert result.pairs == ()
-    assert result.reason_code == MALFORMED_EXPERIMENT_DATA
+    assert result.reason_code == Reason.MALFORMED_EXPERIMENT_DATA
 
 
 def test_twenty_digit_ids_and_padding_are_accepted() -> None:
@@ -86,7 +86,7 @@ def test_a_megabyte_of_experiment_data_is_bounded_work() -> None:
 def test_missing_empty_or_non_string_value_is_no_experiment_data() -> None:
     for attributes in ({}, {KEY: ""}, {KEY: "  "}, {KEY: 5}):
         result = from_attributes(attributes, KEY)  # type: ignore[arg-type]
-        assert result.reason_code == NO_EXPERIMENT_DATA
+        assert result.reason_code == Reason.NO_EXPERIMENT_DATA
 
 
 @settings(max_examples=200, deadline=None, database=None, derandomize=True)

@@ -11,7 +11,7 @@ from typing import Any
 from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import experiments, shopify_order
-from webhooks.delivery.dispatcher import Dispatcher
+from webhooks.delivery.worker import Dispatcher
 from webhooks.storage.queue import claim_due
 
 
@@ -26,7 +26,7 @@ def test_racing_dispatchers_send_each_event_once(
 ) -> None:
     store_orders(any_db_service, 150)
     rt = any_db_service.runtime
-    dispatchers = [Dispatcher(rt.engine, rt.settings, rt.sender, rt.clock) for _ in range(4)]
+    dispatchers = [Dispatcher(rt.engine, rt.settings, rt.client, rt.clock) for _ in range(4)]
     threads = [threading.Thread(target=d.drain) for d in dispatchers]
     for t in threads:
         t.start()

@@ -134,7 +134,8 @@ def test_events_list_show_and_replay_dead(
     assert main(["--config", config, "events", "show", "1"]) == 0
     detail = json.loads(capsys.readouterr().out)
     assert detail["event"]["state"] == "dead"
-    assert detail["sends"][0]["url"].startswith(recorder.base_url)
+    assert detail["sends"][0]["format"] == "legacy_get"
+    assert detail["sends"][0]["payload"].startswith(recorder.base_url)
     assert [a["status_code"] for a in detail["attempts"]] == [404]
 
     assert main(["--config", config, "replay", "--dead"]) == 0

@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 
 from webhooks.attribution.pairs import from_attributes
-from webhooks.convert.legacy import build_requests, format_value, safe_transaction_id
+from webhooks.convert.legacy import build_hits, format_value, safe_transaction_id
 from webhooks.core.errors import PayloadError
+from webhooks.core.hits import Hit, HitFormat, Purchase
 from webhooks.core.money import from_decimal_string, from_minor_units
 from webhooks.core.settings import ConvertSettings, GoalSet
 from webhooks.delivery.retry import RetryPolicy
@@ -19,10 +20,23 @@ SETTINGS = ConvertSettings(
 )
 
 
+def build_requests(
+    settings: ConvertSettings,
+    goals: GoalSet,
+    pairs: list[str],
+    order_id: str,
+    amount: Decimal,
+    items: int,
+) -> list[Hit]:
+    hits = build_hits(settings, goals, Purchase(7, order_id, amount, items), pairs)
+    assert {(hit.event_id, hit.format) for hit in hits} == {(7, HitFormat.LEGACY_GET)}
+    return hits
+
+
 def test_conversion_and_transaction_in_one_request_per_pair() -> None:
     goals = GoalSet(conversion=("100", "101", "102"), transaction=("100", "101"))
     requests = build_requests(SETTINGS, goals, ["1-2", "3-4"], "pi_9", Decimal("49.9"), 2)
-    assert [r.url for r in requests] == [
+    assert [r.payload for r in requests] == [
         "https://2222.track.convertexperiments.com/track/?c=1111&p=2222&e=1-2"
         "&g=100%2C101%2C102&ga=3&t=100.101%7Cpi_9%7C49.90%7C2",
         "https://2222.track.convertexperiments.com/track/?c=1111&p=2222&e=3-4"
@@ -32,9 +46,9 @@ def test_conversion_and_transaction_in_one_request_per_pair() -> None:
 
 def test_conversion_only_and_transaction_only() -> None:
     only_g = build_requests(SETTINGS, GoalSet(("7",), ()), ["1-2"], "x", Decimal(1), 1)
-    assert only_g[0].url.endswith("?c=1111&p=2222&e=1-2&g=7&ga=1")
+    assert only_g[0].payload.endswith("?c=1111&p=2222&e=1-2&g=7&ga=1")
     only_t = build_requests(SETTINGS, GoalSet((), ("7",)), ["1-2"], "x", Decimal(1), 1)
-    assert only_t[0].url.endswith("?c=1111&p=2222&e=1-2&t=7%7Cx%7C1.00%7C1")
+    assert only_t[0].payload.endswith("?c=1111&p=2222&e=1-2&t=7%7Cx%7C1.00%7C1")
 
 
 @pytest.mark.parametrize(
@@ -61,7 +75,7 @@ def test_escaping_never_merges_two_ids() -> None:
 
 def test_transaction_id_with_separator_survives_in_the_url() -> None:
     (request,) = build_requests(SETTINGS, GoalSet((), ("1",)), ["1-2"], "A|B", Decimal(1), 1)
-    assert request.url.endswith("t=1%7CA~7CB%7C1.00%7C1")
+    assert request.payload.endswith("t=1%7CA~7CB%7C1.00%7C1")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +117,7 @@ def test_money_never_goes_through_float() -> None:
     assert from_decimal_string("0.10", "x") + from_decimal_string("0.20", "x") == Decimal("0.30")
     for bad in (1.5, True, None, "1"):
         with pytest.raises(PayloadError):
-            from_minor_units(bad, "USD")
+            from_minor_units(bad, 2)
     for bad_string in ("NaN", "abc", "Infinity", None, 1.5):
         with pytest.raises(PayloadError):
             from_decimal_string(bad_string, "x")

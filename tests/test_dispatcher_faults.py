@@ -22,7 +22,7 @@ from tests.config_file import config_document
 from tests.conftest import FakeClock, Service
 from tests.convert_recorder import ConvertRecorder, order_counts
 from tests.payloads import experiments, shopify_order
-from webhooks.delivery.dispatcher import SEND_CONCURRENCY, Dispatcher
+from webhooks.delivery.worker import SEND_CONCURRENCY, Dispatcher
 from webhooks.storage.clock import SystemClock
 from webhooks.storage.queue import claim_due
 from webhooks.storage.records import event_detail
@@ -260,7 +260,7 @@ def test_a_takeover_after_the_lease_resends_only_the_requests_not_recorded(
     store(any_db_service, *range(1, 21))
     rt = any_db_service.runtime
     first = rt.dispatcher
-    second = Dispatcher(rt.engine, rt.settings, rt.sender, rt.clock)
+    second = Dispatcher(rt.engine, rt.settings, rt.client, rt.clock)
     stalled = range(10, 10 + SEND_CONCURRENCY)
     recorder.hold(stalled.start, len(stalled))
     round_a = threading.Thread(target=first.run_once)
@@ -304,7 +304,7 @@ def test_on_postgresql_a_host_with_a_skewed_clock_does_not_take_a_held_lease(
         with rt.engine.begin() as conn:  # a worker on a host with a right clock, mid-round
             held = claim_due(conn, "other-host", time.time(), 10, settings.dispatcher.lease_seconds)
         assert len(held) == 1
-        skewed = Dispatcher(rt.engine, settings, rt.sender, SkewedClock())
+        skewed = Dispatcher(rt.engine, settings, rt.client, SkewedClock())
         assert skewed.drain() == 0  # the lease is compared on the database's clock
         skewed.stop()
         assert recorder.paths == []
@@ -381,7 +381,7 @@ def test_stop_waits_for_sends_in_flight_records_them_and_releases_the_rest(
             assert (event.state, event.lease_owner, event.attempts) == ("pending", None, 0)
     recorder.delay = 0
     rt = service.runtime
-    other = Dispatcher(rt.engine, rt.settings, rt.sender, rt.clock)
+    other = Dispatcher(rt.engine, rt.settings, rt.client, rt.clock)
     other.drain()
     other.stop()
     assert order_counts(recorder.arrived_paths()) == {str(n): 1 for n in range(1, 41)}

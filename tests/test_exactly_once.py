@@ -24,7 +24,7 @@ from tests.convert_recorder import ConvertRecorder, order_counts
 from tests.gunicorn_process import GunicornService, service_config
 from tests.payloads import body, experiments, shopify_order
 from tests.signing import shopify_hmac
-from webhooks.delivery.dispatcher import MAX_UNRECORDED, SEND_CONCURRENCY
+from webhooks.delivery.worker import MAX_UNRECORDED, SEND_CONCURRENCY
 from webhooks.storage.schema import events
 
 SECRET = "shpss_exactly_once_test"

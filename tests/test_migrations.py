@@ -15,7 +15,8 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from tests.payloads import stripe_event
-from webhooks.storage.database import MIGRATIONS, make_engine, migrate
+from webhooks.storage.database import make_engine
+from webhooks.storage.migrations import MIGRATIONS, migrate
 from webhooks.storage.schema import V2_INDEXES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "schema_v1"
@@ -82,10 +83,20 @@ def make_v1(url: str, with_rows: bool = True) -> None:
     engine.dispose()
 
 
+# Version-1 columns that a later version renamed (version 3: a send's URL is its payload).
+RENAMED = {("sends", "url"): "payload"}
+
+
 def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every version-1 column of every row, in id order."""
+    """Every version-1 column of every row (under its current name), in id order."""
     engine = raw_engine(url)
-    v1_columns = {table: [c["name"] for c in columns] for table, columns in _v1_columns().items()}
+    current = "payload" in {c["name"] for c in inspect(engine).get_columns("sends")}
+    v1_columns = {
+        table: [
+            RENAMED.get((table, c["name"]), c["name"]) if current else c["name"] for c in columns
+        ]
+        for table, columns in _v1_columns().items()
+    }
     with engine.connect() as conn:
         rows = {
             table: [
@@ -123,8 +134,8 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
     make_v1(db_url)
     before = snapshot(db_url)
     engine = make_engine(db_url)
-    assert migrate(engine) == len(MIGRATIONS) == 2
-    assert versions(db_url) == [1, 2]
+    assert migrate(engine) == len(MIGRATIONS) == 3
+    assert versions(db_url) == [1, 2, 3]
     assert snapshot(db_url) == before
     with engine.connect() as conn:
         inspector = inspect(conn)
@@ -136,8 +147,14 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
         assert set(V2_INDEXES) <= indexes
         added = conn.execute(text("SELECT customer_id, email_digest FROM deliveries")).all()
         assert set(added) == {(None, None)}
-    assert migrate(engine) == 2  # a second run is a no-op
-    assert versions(db_url) == [1, 2]
+        # Version 3: every send so far was a legacy GET, its URL now the payload.
+        sends = conn.execute(text("SELECT format, payload FROM sends ORDER BY id")).all()
+        assert [tuple(row) for row in sends] == [
+            ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=1-2"),
+            ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=3-4"),
+        ]
+    assert migrate(engine) == 3  # a second run is a no-op
+    assert versions(db_url) == [1, 2, 3]
     assert snapshot(db_url) == before
     engine.dispose()
 
@@ -157,7 +174,8 @@ def test_migrated_database_keeps_idempotency_and_takes_new_webhooks(
 
 MIGRATE = """
 import sys, time
-from webhooks.storage.database import make_engine, migrate
+from webhooks.storage.database import make_engine
+from webhooks.storage.migrations import migrate
 url, start = sys.argv[1], float(sys.argv[2])
 engine = make_engine(url, busy_timeout_ms=20000)
 time.sleep(max(0.0, start - time.time()))
@@ -185,7 +203,7 @@ def test_processes_migrating_at_once_are_safe(db_url: str, starting_from: str) -
     results = [process.communicate(timeout=60) for process in processes]
     assert [
         (p.returncode, out.strip()) for p, (out, _) in zip(processes, results, strict=True)
-    ] == [(0, "2")] * 3, [err for _, err in results]
-    assert versions(db_url) == [1, 2]
+    ] == [(0, "3")] * 3, [err for _, err in results]
+    assert versions(db_url) == [1, 2, 3]
     if starting_from == "version 1":
         assert snapshot(db_url) == before

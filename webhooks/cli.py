@@ -23,8 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from webhooks.core.errors import ConvertWebhooksError
 from webhooks.core.logs import configure_logging, escape
 from webhooks.core.settings import MIN_KEEP_DAYS, Settings
+from webhooks.core.states import DeliveryStatus, EventState
 from webhooks.storage.clock import SystemClock
-from webhooks.storage.database import migrate
+from webhooks.storage.migrations import migrate
 from webhooks.storage.records import event_detail, list_deliveries, list_events
 from webhooks.storage.retention import PruneCounts, horizon, prune
 from webhooks.wiring.config import load_settings
@@ -57,14 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("events", help="list events, or `events show ID`")
     ev.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     ev.add_argument("event_id", nargs="?", type=int)
-    ev.add_argument("--state", choices=["pending", "sent", "dry_run", "skipped", "dead"])
+    ev.add_argument("--state", choices=[str(state) for state in EventState])
     ev.add_argument("--source")
     ev.add_argument("--order", help="only this order / payment id (and its refunds)")
     ev.add_argument("--limit", type=_positive, default=50)
     ev.set_defaults(handler=_events)
 
     dl = sub.add_parser("deliveries", help="list received deliveries")
-    dl.add_argument("--status", choices=["accepted", "duplicate", "ignored", "rejected"])
+    dl.add_argument("--status", choices=[str(status) for status in DeliveryStatus])
     dl.add_argument("--limit", type=_positive, default=50)
     dl.set_defaults(handler=_deliveries)
 

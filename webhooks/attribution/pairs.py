@@ -1,9 +1,9 @@
 """Attribution: which experiment and variation the buyer was in.
 
-Today the pairs come from the order itself: a configurable attribute (default
+The plain format: a configurable attribute (default
 `convert_experiments`) holding `EXP-VAR` pairs separated by commas, e.g. "100-200,101-201".
-Later sources (Convert's cookie formats, the platform customer record, an exposure store) slot
-in here as further lookups returning the same `Attribution`.
+The lookups of the chain (chain.py) read it; other formats (Convert's cookie, its visitor data)
+sit beside it as further parsers.
 
 The attribute is buyer-controlled (a Shopify cart attribute), so reading it is bounded: at
 most MAX_VALUE_CHARS characters are read, in one linear pass, and at most `max_pairs`
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from webhooks.core.events import MAX_ATTRIBUTE_VALUE_CHARS
-from webhooks.core.states import MALFORMED_EXPERIMENT_DATA, NO_EXPERIMENT_DATA
+from webhooks.core.states import Reason
 
 DEFAULT_MAX_PAIRS = 20
 MAX_VALUE_CHARS = MAX_ATTRIBUTE_VALUE_CHARS  # 64 K characters, as adapters keep at most
@@ -29,7 +29,7 @@ _PAIR = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
 @dataclass(frozen=True)
 class Attribution:
     pairs: tuple[str, ...]  # "experiment-variation", digits only, in order, no repeats
-    reason_code: str | None = None
+    reason_code: Reason | None = None
     reason: str | None = None
     dropped: int = 0  # distinct valid pairs beyond max_pairs, not used
     note: str | None = None  # for people, e.g. "kept the first 20 of 10000 experiment pairs"
@@ -43,7 +43,7 @@ def from_attributes(
         raise ValueError("max_pairs must be at least 1")
     value = attributes.get(key)
     if not isinstance(value, str) or not value.strip():
-        return Attribution((), NO_EXPERIMENT_DATA, f"no '{key}' attribute on the order")
+        return Attribution((), Reason.NO_EXPERIMENT_DATA, f"no '{key}' attribute on the order")
     cut = len(value) >= MAX_VALUE_CHARS
     pieces = value[:MAX_VALUE_CHARS].split(",")
     if cut:
@@ -51,7 +51,7 @@ def from_attributes(
     found = _distinct_pairs(pieces)
     if not found:
         reason = f"'{key}' holds no valid EXP-VAR pair (ids must be digits)"
-        return Attribution((), MALFORMED_EXPERIMENT_DATA, reason)
+        return Attribution((), Reason.MALFORMED_EXPERIMENT_DATA, reason)
     kept = tuple(found[:max_pairs])
     dropped = len(found) - len(kept)
     return Attribution(kept, dropped=dropped, note=_note(len(kept), len(found), cut))

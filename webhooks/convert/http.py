@@ -4,21 +4,19 @@ with library default agents)."""
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import urllib.request
-from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from webhooks import __version__
+from webhooks.core.hits import HitResult
+from webhooks.core.states import Outcome
 
-log = logging.getLogger(__name__)
 USER_AGENT = f"ConvertAgent/{__version__} (convert-webhooks)"
 MAX_RETRY_AFTER = 3600.0  # a longer wait from Convert is honoured for an hour, then we try
 MAX_BODY_BYTES = 64 * 1024  # Convert answers a few bytes; more is read no further
@@ -27,32 +25,14 @@ _DELTA_SECONDS = re.compile(r"\A[0-9]+\Z")  # ASCII digits only: int() also read
 _DELTA_DIGITS = 12  # more significant digits than this is far beyond the cap anyway
 
 
-class Outcome(StrEnum):
-    SENT = "sent"
-    RETRY = "retry"  # network error, 5xx, 429: try again later
-    PERMANENT = "permanent"  # any other 4xx (or 3xx after redirects): retrying cannot help
-    DRY_RUN = "dry_run"
-    ERROR = "error"  # our own failure while sending (a bug): the event is dead, replayable
-
-
-@dataclass(frozen=True)
-class SendResult:
-    outcome: Outcome
-    status_code: int | None
-    detail: str
-    retry_after: float | None = None  # seconds Convert asked us to wait (Retry-After), capped
-
-
 class Sender:
     def __init__(
         self,
         connect_timeout: float,
         read_timeout: float,
-        dry_run: bool = False,
         pool_size: int = 8,
     ) -> None:
         self.timeout = (connect_timeout, read_timeout)
-        self.dry_run = dry_run
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         # Proxy settings are read from the environment once, here: with trust_env on, requests
@@ -63,16 +43,13 @@ class Sender:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
 
-    def get(self, url: str) -> SendResult:
-        if self.dry_run:
-            log.info("dry run: would GET %s", url)
-            return SendResult(Outcome.DRY_RUN, None, "dry run: logged, not sent")
+    def get(self, url: str) -> HitResult:
         try:
             # Streamed, so the body is read only up to a cap (a huge or endless answer must
             # neither fill memory nor hold the round).
             response = self.session.get(url, timeout=self.timeout, stream=True)
         except requests.RequestException as exc:
-            return SendResult(Outcome.RETRY, None, f"{type(exc).__name__}: network error")
+            return HitResult(Outcome.RETRY, None, f"{type(exc).__name__}: network error")
         try:
             status = response.status_code
             retry_after = None
@@ -81,7 +58,7 @@ class Sender:
             _discard_body(response)
         finally:
             response.close()
-        return SendResult(classify(status), status, f"HTTP {status}", retry_after)
+        return HitResult(classify(status), status, f"HTTP {status}", retry_after)
 
     def close(self) -> None:
         self.session.close()

@@ -4,28 +4,23 @@
         &e={experiment}-{variation}&g={goal[,goal]}&ga={number of goals}
         &t={goal[.goal]}|{transaction id}|{value, two decimals}|{products count}
 
-One request per experiment pair; conversion and transaction ride in the same request.
+One request per experiment pair (a hit); conversion and transaction ride in the same request.
+The hit's payload is the URL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import quote
 
+from webhooks.core.hits import Hit, HitFormat, Purchase
 from webhooks.core.settings import ConvertSettings, GoalSet
 
 # A transaction id keeps letters, digits and `_ - . :`; every other character (the format's
 # separators `|` and `,`, `&`, `=`, spaces, `~` itself) becomes `~XX` per UTF-8 byte. The mapping
 # is stable and reversible, and Stripe and Shopify ids pass through unchanged.
 _TXN_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
-
-
-@dataclass(frozen=True)
-class ConvertRequest:
-    pair: str
-    url: str
 
 
 def safe_transaction_id(value: str) -> str:
@@ -50,14 +45,9 @@ def endpoint_for(settings: ConvertSettings) -> str:
     return settings.endpoint.replace("{project_id}", settings.project_id)
 
 
-def build_requests(
-    settings: ConvertSettings,
-    goals: GoalSet,
-    pairs: Sequence[str],
-    transaction_id: str,
-    amount: Decimal,
-    item_count: int,
-) -> list[ConvertRequest]:
+def build_hits(
+    settings: ConvertSettings, goals: GoalSet, purchase: Purchase, pairs: Sequence[str]
+) -> list[Hit]:
     base = endpoint_for(settings)
     shared: list[tuple[str, str]] = []
     if goals.conversion:
@@ -66,16 +56,17 @@ def build_requests(
         txn = "|".join(
             (
                 ".".join(goals.transaction),
-                safe_transaction_id(transaction_id),
-                format_value(amount),
-                str(max(item_count, 0)),
+                safe_transaction_id(purchase.order_id),
+                format_value(purchase.amount),
+                str(max(purchase.item_count, 0)),
             )
         )
         shared.append(("t", txn))
-    requests = []
+    hits = []
     for pair in pairs:
         params = [("c", settings.account_id), ("p", settings.project_id), ("e", pair), *shared]
         query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params)
         separator = "&" if "?" in base else "?"
-        requests.append(ConvertRequest(pair, f"{base}{separator}{query}"))
-    return requests
+        url = f"{base}{separator}{query}"
+        hits.append(Hit(purchase.event_id, pair, HitFormat.LEGACY_GET, url))
+    return hits

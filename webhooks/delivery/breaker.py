@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from webhooks.convert.http import Outcome, SendResult
+from webhooks.core.hits import HitResult
+from webhooks.core.states import Outcome
 
 log = logging.getLogger(__name__)
 # Short, so a recovered Convert is noticed within seconds; Convert's own Retry-After may ask
@@ -32,7 +33,7 @@ class Breaker:
         within the pause (a loop that does not pause, like `drain`, keeps to due events)."""
         return self.open and monotonic >= self.failed_at + self.pause()
 
-    def observe(self, results: Sequence[SendResult], now: float, monotonic: float) -> float | None:
+    def observe(self, results: Sequence[HitResult], now: float, monotonic: float) -> float | None:
         """Count a round's results; when they end an outage, the time it began (the events
         deferred since then can go out at once)."""
         if not results:

@@ -1,4 +1,7 @@
-"""One round's Convert requests, sent concurrently and recorded as they complete.
+"""One round's Convert hits, sent concurrently and recorded as they complete.
+
+Hits go out in batches of the client's `max_hits` (one per request for the legacy GET; the
+JSON API takes many), each batch one pool task and one slot.
 
 Pool threads send; the dispatcher's thread collects their results and commits them in groups:
 each commit carries everything that completed since the previous one began, so results are
@@ -22,10 +25,10 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
-from webhooks.convert.http import Outcome, Sender, SendResult
-from webhooks.convert.legacy import ConvertRequest
+from webhooks.convert.client import ConvertClient
+from webhooks.core.hits import Hit, HitResult, SendOutcome
 from webhooks.core.logs import describe
-from webhooks.storage.queue import SendOutcome
+from webhooks.core.states import Outcome
 
 log = logging.getLogger(__name__)
 _POLL = 0.25  # how often a waiting collector looks at a stop request
@@ -35,17 +38,27 @@ STALL_GRACE = 1.0  # beyond a request's timeouts, before the round gives up on i
 
 
 @dataclass(frozen=True)
-class Job:
-    event_id: int
-    request: ConvertRequest
+class Batch:
+    """Hits sent in one request."""
+
+    hits: tuple[Hit, ...]
+
+
+@dataclass(frozen=True)
+class Sent:
+    outcomes: list[SendOutcome]
 
 
 @dataclass(frozen=True)
 class Unstarted:
-    job: Job
+    batch: Batch
 
 
-Report = SendOutcome | Unstarted
+Report = Sent | Unstarted
+
+
+def batches(hits: Sequence[Hit], size: int) -> list[Batch]:
+    return [Batch(tuple(hits[i : i + size])) for i in range(0, len(hits), max(size, 1))]
 
 
 @dataclass
@@ -55,6 +68,8 @@ class SentRound:
     outcomes: list[SendOutcome] = field(default_factory=list)  # every result, as they came
     by_event: dict[int, list[SendOutcome]] = field(default_factory=dict)  # the same, per event
     unrecorded: list[SendOutcome] = field(default_factory=list)  # to record with the round
+    unrecorded_batches: int = 0  # the slots they hold
+    batches_done: int = 0
     unstarted: set[int] = field(default_factory=set)  # events with a request never started
     unknown: set[int] = field(default_factory=set)  # events with a request given up on
 
@@ -110,9 +125,10 @@ class _Flight:
                 if self._unseen >= self.wake_after or not self._left:
                     self._arrived.set()
                 return
-        if isinstance(item, SendOutcome):
-            slots.release()  # nobody will record it; its event's lease runs out instead
-            log.warning("event %s: a late Convert answer was not recorded", item.event_id)
+        if isinstance(item, Sent):
+            slots.release()  # nobody will record it; its events' leases run out instead
+            for outcome in item.outcomes:
+                log.warning("event %s: a late Convert answer was not recorded", outcome.event_id)
 
     def wait(self, timeout: float) -> bool:
         return self._arrived.wait(timeout)
@@ -138,90 +154,94 @@ class SendRound:
     def __init__(
         self,
         host: RoundHost,
-        sender: Sender,
+        client: ConvertClient,
         pool: ThreadPoolExecutor,
         slots: Slots,
         send_until: float,
         request_seconds: float,
     ) -> None:
         self.host = host
-        self.sender = sender
+        self.client = client
         self.pool = pool
         self.slots = slots
         self.send_until = send_until
         self.request_seconds = request_seconds  # one request's connect + read timeouts
         self.group_size = max(1, slots.size // 2)
-        self._starts: list[float] = []  # time.monotonic() of each send started
+        self._starts: list[float] = []  # time.monotonic() of each request started
         self._last_start = time.monotonic()
 
-    def run(self, jobs: Sequence[Job]) -> SentRound:
-        flight = _Flight(len(jobs))
-        for job in jobs:
+    def run(self, hits: Sequence[Hit]) -> SentRound:
+        work = batches(hits, self.client.max_hits)
+        flight = _Flight(len(work))
+        for batch in work:
             try:
-                self.pool.submit(self._run_job, job, flight)
+                self.pool.submit(self._run_batch, batch, flight)
             except RuntimeError:  # the pool was shut down (a stop that timed out)
-                flight.report(Unstarted(job), self.slots)
+                flight.report(Unstarted(batch), self.slots)
         sent = SentRound()
-        waiting = {(job.event_id, job.request.pair) for job in jobs}
-        group: list[SendOutcome] = []  # results not yet recorded
+        waiting = {(hit.event_id, hit.pair) for hit in hits}
+        group: list[Sent] = []  # results not yet recorded, one entry per request (slot)
         group_due = math.inf  # time.monotonic() by which they are
         recording = True
         while waiting:
             # The first result starts a group's clock; then wake for a full group.
             flight.wake_after = self.group_size - len(group) if recording and group else 1
-            batch = self._next_batch(flight, group_due, len(waiting), len(sent.outcomes))
-            if batch is None:  # the round stops waiting: what is in flight stays unknown
+            ready = self._next_batch(flight, group_due, len(waiting), sent.batches_done)
+            if ready is None:  # the round stops waiting: what is in flight stays unknown
                 group += _sort(flight.abandon(), waiting, sent)
                 sent.unknown = {event_id for event_id, _ in waiting}
                 break
-            fresh = _sort(batch, waiting, sent)
+            fresh = _sort(ready, waiting, sent)
             if fresh and not group:
                 group_due = time.monotonic() + GROUP_WAIT
             group += fresh
             if recording and waiting and group and self._group_ready(group, group_due):
                 # False only when stopping with the database away: one more try at the end.
-                recording = self.host.record_group(group)
+                recording = self.host.record_group(_outcomes(group))
                 if recording:
                     self.slots.release(len(group))
                     group, group_due = [], math.inf
-        sent.unrecorded = group  # recorded with the round's end
+        sent.unrecorded = _outcomes(group)  # recorded with the round's end
+        sent.unrecorded_batches = len(group)
         return sent
 
-    def _group_ready(self, group: list[SendOutcome], due: float) -> bool:
+    def _group_ready(self, group: list[Sent], due: float) -> bool:
         """Commit once half the slots wait on it (the other half keep sending meanwhile), or
         when its first result has waited GROUP_WAIT: few commits, each soon enough."""
         return len(group) >= self.group_size or time.monotonic() >= due
 
     def _next_batch(
-        self, flight: _Flight, soft: float, waiting: int, results: int
+        self, flight: _Flight, soft: float, waiting: int, done: int
     ) -> list[Report] | None:
         """The reports ready once enough came or `soft` passed; None once the round stops
         waiting (stalled, or a stop's give-up time)."""
         while True:
             now = time.monotonic()
             give_up = self.host.give_up_at()
-            if (give_up is not None and now >= give_up) or self._stalled(now, waiting, results):
+            if (give_up is not None and now >= give_up) or self._stalled(now, waiting, done):
                 return None
             if now >= soft or flight.wait(min(soft - now, _POLL)):
                 return flight.ready()
 
-    def _stalled(self, now: float, waiting: int, results: int) -> bool:
+    def _stalled(self, now: float, waiting: int, done: int) -> bool:
         """Every request still out has outlived its timeouts (a server that trickles its
         answer defeats the read timeout, which bounds each read, not the whole): the last
-        send started longer ago than one request may take, and none is still to start."""
+        request started longer ago than one may take, and no hit is still to start."""
         if now < self._last_start + self.request_seconds + STALL_GRACE:
             return False
-        in_flight = len(self._starts) - results
-        return waiting <= in_flight or self.host.out_of_time(self.send_until)
+        in_flight = len(self._starts) - done
+        return waiting <= in_flight * self.client.max_hits or self.host.out_of_time(
+            self.send_until
+        )
 
     # -- in a pool thread ------------------------------------------------------------------
-    def _run_job(self, job: Job, flight: _Flight) -> None:
-        item: Report = Unstarted(job)
+    def _run_batch(self, batch: Batch, flight: _Flight) -> None:
+        item: Report = Unstarted(batch)
         try:
             if self._take_slot():
                 self._last_start = now = time.monotonic()
                 self._starts.append(now)
-                item = self._send(job)
+                item = self._send(batch)
         finally:
             flight.report(item, self.slots)
 
@@ -237,27 +257,39 @@ class SendRound:
                 self.slots.release()
         return not late
 
-    def _send(self, job: Job) -> SendOutcome:
+    def _send(self, batch: Batch) -> Sent:
         try:
-            result = self.sender.get(job.request.url)
+            results = self.client.send(batch.hits)
+            if len(results) != len(batch.hits):
+                raise RuntimeError("the Convert client answered for another number of hits")
         except Exception as exc:
-            # Not a network error (those are results): a bug. This event is dead, not the round.
+            # Not a network error (those are results): a bug. These events are dead, not the
+            # round.
             where = describe(exc)
-            log.error("event %s: sending failed (%s)", job.event_id, where)
-            result = SendResult(Outcome.ERROR, None, f"internal error while sending: {where}")
-        return SendOutcome(job.event_id, job.request, result)
+            ids = ",".join(sorted({str(hit.event_id) for hit in batch.hits}))
+            log.error("event %s: sending failed (%s)", ids, where)
+            failed = HitResult(Outcome.ERROR, None, f"internal error while sending: {where}")
+            results = [failed] * len(batch.hits)
+        return Sent([SendOutcome(hit, r) for hit, r in zip(batch.hits, results, strict=True)])
 
 
-def _sort(batch: list[Report], waiting: set[tuple[int, str]], sent: SentRound) -> list[SendOutcome]:
-    """File the reports; the results among them."""
+def _outcomes(group: Sequence[Sent]) -> list[SendOutcome]:
+    return [outcome for sent in group for outcome in sent.outcomes]
+
+
+def _sort(ready: list[Report], waiting: set[tuple[int, str]], sent: SentRound) -> list[Sent]:
+    """File the reports; the requests that have results."""
     fresh = []
-    for item in batch:
+    for item in ready:
         if isinstance(item, Unstarted):
-            waiting.discard((item.job.event_id, item.job.request.pair))
-            sent.unstarted.add(item.job.event_id)
-        else:
-            waiting.discard((item.event_id, item.request.pair))
-            sent.outcomes.append(item)
-            sent.by_event.setdefault(item.event_id, []).append(item)
-            fresh.append(item)
+            for hit in item.batch.hits:
+                waiting.discard((hit.event_id, hit.pair))
+                sent.unstarted.add(hit.event_id)
+            continue
+        sent.batches_done += 1
+        for outcome in item.outcomes:
+            waiting.discard((outcome.event_id, outcome.hit.pair))
+            sent.outcomes.append(outcome)
+            sent.by_event.setdefault(outcome.event_id, []).append(outcome)
+        fresh.append(item)
     return fresh

@@ -32,7 +32,7 @@ from webhooks.core.events import (
 )
 from webhooks.core.logs import escape
 from webhooks.core.settings import GoalSet, SourceSettings
-from webhooks.core.states import NO_GOALS, NOT_SENT_KIND, QUEUED, TEST_MODE, WAITING_FOR_PAIRS
+from webhooks.core.states import WAITING_FOR_PAIRS, DeliveryStatus, EventState, Reason
 from webhooks.storage.database import transaction
 from webhooks.storage.schema import deliveries, events
 
@@ -55,7 +55,7 @@ class IngestOutcome:
 
     @property
     def has_pending(self) -> bool:
-        return any(e["state"] == "pending" for e in self.events)
+        return any(e["state"] == EventState.PENDING for e in self.events)
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"status": self.status, "delivery_id": self.delivery_id}
@@ -166,7 +166,7 @@ def store_rejected(
         insert_ignore(
             conn,
             deliveries,
-            row | {"status": "rejected", "reason": escape(reason)[:MAX_STORED_REASON]},
+            row | {"status": DeliveryStatus.REJECTED, "reason": escape(reason)[:MAX_STORED_REASON]},
             ["source", "delivery_key"],
         )
 
@@ -215,12 +215,13 @@ def _ingest(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
         d.source, d.headers, d.body, result.delivery_key, result.topic, now, customer_refs(result)
     )
     # The common outcome is written with the row; _store_events corrects it when it differs.
-    status = "accepted" if result.events else "ignored"
+    status = DeliveryStatus.ACCEPTED if result.events else DeliveryStatus.IGNORED
     delivery_id = insert_ignore(
         conn, deliveries, row | {"status": status, "reason": None}, ["source", "delivery_key"]
     )
     if delivery_id is None:
-        return IngestOutcome("duplicate", "delivery already received", _existing_delivery(conn, d))
+        return IngestOutcome(
+            DeliveryStatus.DUPLICATE, "delivery already received", _existing_delivery(conn, d))
     return _store_events(conn, d, delivery_id, now, written_status=status)
 
 
@@ -258,10 +259,10 @@ def _store_events(
 
 def _delivery_status(result: ParseResult, stored: list[dict[str, Any]]) -> tuple[str, str | None]:
     if not stored:
-        return "ignored", result.reason
+        return DeliveryStatus.IGNORED, result.reason
     if all(e["duplicate"] for e in stored):
-        return "duplicate", "purchase already counted from an earlier delivery"
-    return "accepted", None
+        return DeliveryStatus.DUPLICATE, "purchase already counted from an earlier delivery"
+    return DeliveryStatus.ACCEPTED, None
 
 
 def _existing_delivery(conn: Connection, d: Delivery) -> int | None:
@@ -273,16 +274,17 @@ def _existing_delivery(conn: Connection, d: Delivery) -> int | None:
     ).scalar()
 
 
-def initial_state(d: Delivery, event: NormalizedEvent) -> tuple[str, str | None, str | None]:
+def initial_state(d: Delivery, event: NormalizedEvent) -> tuple[EventState, Reason, str]:
     """(state, reason code, reason) for a newly stored event."""
+    skipped = EventState.SKIPPED
     if event.kind not in SENDABLE_KINDS:
-        return "skipped", NOT_SENT_KIND, f"{event.kind} events are recorded, not sent to Convert"
+        return skipped, Reason.NOT_SENT_KIND, f"{event.kind} events are recorded, not sent"
     if event.test_mode and not d.source.allow_test_events:
-        return "skipped", TEST_MODE, "test-mode order; the source does not allow test events"
+        return skipped, Reason.TEST_MODE, "test-mode order; the source does not allow test events"
     goals = d.goals.get(event.kind)
     if goals is None or not (goals.conversion or goals.transaction):
-        return "skipped", NO_GOALS, f"no Convert goals configured for {event.kind}"
-    return "pending", QUEUED, "queued: the dispatcher sends it next"
+        return skipped, Reason.NO_GOALS, f"no Convert goals configured for {event.kind}"
+    return EventState.PENDING, Reason.QUEUED, "queued: the dispatcher sends it next"
 
 
 def _store_event(
@@ -344,16 +346,16 @@ def _merge_into_existing(
     ).one()
     known = json.loads(row.attributes)
     added = {k: v for k, v in event.attributes.items() if k not in known}
-    waiting = row.state == "skipped" and row.reason_code in WAITING_FOR_PAIRS
-    if not (added and (row.state == "pending" or waiting)):
+    waiting = row.state == EventState.SKIPPED and row.reason_code in WAITING_FOR_PAIRS
+    if not (added and (row.state == EventState.PENDING or waiting)):
         # Retention keeps an event for its horizon after the LAST delivery naming the purchase,
         # so a late second topic cannot outlive the record that makes it a duplicate.
         conn.execute(update(events).where(events.c.id == row.id).values(updated_at=now))
     else:
         wake = (
             {
-                "state": "pending",
-                "reason_code": QUEUED,
+                "state": EventState.PENDING,
+                "reason_code": Reason.QUEUED,
                 "reason": "queued: a later delivery brought the experiment data",
                 "next_attempt_at": now,
             }
@@ -457,7 +459,7 @@ def _strip_mentions(conn: Connection, source: str, terms: list[str]) -> None:
         select(deliveries.c.id, deliveries.c.body)
         .where(
             deliveries.c.source == source,
-            deliveries.c.status != "accepted",
+            deliveries.c.status != DeliveryStatus.ACCEPTED,
             deliveries.c.redacted.is_(False),
             deliveries.c.customer_id.is_(None),
             deliveries.c.email_digest.is_(None),

@@ -21,20 +21,17 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, or_, select, text, update
 
-from webhooks.convert.http import Outcome, SendResult
-from webhooks.convert.legacy import ConvertRequest
-from webhooks.core.states import RETRYING
+from webhooks.core.hits import SendOutcome
+from webhooks.core.states import SEND_STATE_OF, EventState, Outcome, Reason, SendState
 from webhooks.storage.schema import events, sends
-
-DONE_SEND_STATES = frozenset({"sent", "dry_run", "dead"})  # not sent again in a retry
 
 
 @dataclass(frozen=True)
 class Finish:
     """How a claimed event leaves the dispatcher."""
 
-    state: str
-    reason_code: str | None
+    state: EventState
+    reason_code: Reason | None
     reason: str | None
     next_attempt_at: float | None = None
     attempted: bool = False  # Convert requests were made in this round
@@ -42,20 +39,16 @@ class Finish:
 
 
 @dataclass(frozen=True)
-class SendState:
-    """What is known of one (event, experiment pair) Convert request."""
+class KnownSend:
+    """What is known of one (event, experiment pair) Convert hit."""
 
     pair: str
-    state: str  # pending | sent | dry_run | dead
+    state: SendState
     last_status: int | None
     last_error: str | None
 
 
-@dataclass(frozen=True)
-class SendOutcome:
-    event_id: int
-    request: ConvertRequest
-    result: SendResult
+UNSENT = KnownSend("", SendState.PENDING, None, None)
 
 
 def claim_due(
@@ -73,7 +66,7 @@ def claim_due(
     outage, so recovery is noticed without waiting out the backoff."""
     lease_now = now if lease_now is None else lease_now
     conditions = [
-        events.c.state == "pending",
+        events.c.state == EventState.PENDING,
         or_(events.c.lease_until.is_(None), events.c.lease_until < lease_now),
     ]
     if not ignore_due:
@@ -90,43 +83,38 @@ def claim_due(
     return list(conn.execute(stmt).all())
 
 
-def sends_of(conn: Connection, event_ids: Sequence[int]) -> dict[int, dict[str, SendState]]:
-    found: dict[int, dict[str, SendState]] = {event_id: {} for event_id in event_ids}
+def sends_of(conn: Connection, event_ids: Sequence[int]) -> dict[int, dict[str, KnownSend]]:
+    found: dict[int, dict[str, KnownSend]] = {event_id: {} for event_id in event_ids}
     if not event_ids:
         return found
     query = select(
         sends.c.event_id, sends.c.pair, sends.c.state, sends.c.last_status, sends.c.last_error
     ).where(sends.c.event_id.in_(event_ids))
     for row in conn.execute(query):
-        found[row.event_id][row.pair] = SendState(
-            row.pair, row.state, row.last_status, row.last_error
+        found[row.event_id][row.pair] = KnownSend(
+            row.pair, SendState(row.state), row.last_status, row.last_error
         )
     return found
 
 
-SEND_STATE = {
-    Outcome.SENT: "sent",
-    Outcome.DRY_RUN: "dry_run",
-    Outcome.PERMANENT: "dead",
-    Outcome.RETRY: "pending",
-    Outcome.ERROR: "dead",
-}
-
-
-def send_state(outcome: SendOutcome) -> SendState:
+def known_send(outcome: SendOutcome) -> KnownSend:
     result = outcome.result
-    return SendState(
-        outcome.request.pair, SEND_STATE[result.outcome], result.status_code, result.detail
+    return KnownSend(
+        outcome.hit.pair, SEND_STATE_OF[result.outcome], result.status_code, result.detail
     )
 
 
 # A request Convert accepted stays `sent`: a late result of the same request from a round
 # that lost its lease (a 503 on its copy) must not make it look unsent.
-_KEEP_IF_SENT = "CASE WHEN sends.state = 'sent' THEN sends.{0} ELSE excluded.{0} END"
+_KEEP_IF_SENT = (
+    f"CASE WHEN sends.state = '{SendState.SENT}' THEN sends.{{0}} ELSE excluded.{{0}} END"
+)
 _UPSERT_SEND = text(
-    "INSERT INTO sends (event_id, pair, url, state, attempts, last_status, last_error, sent_at)"
-    " VALUES (:event_id, :pair, :url, :state, 1, :last_status, :last_error, :sent_at)"
-    " ON CONFLICT (event_id, pair) DO UPDATE SET url = excluded.url,"
+    "INSERT INTO sends (event_id, pair, format, payload, state, attempts, last_status,"
+    " last_error, sent_at) VALUES (:event_id, :pair, :format, :payload, :state, 1,"
+    " :last_status, :last_error, :sent_at)"
+    " ON CONFLICT (event_id, pair) DO UPDATE SET format = excluded.format,"
+    " payload = excluded.payload,"
     f" state = {_KEEP_IF_SENT.format('state')}, attempts = sends.attempts + 1,"
     f" last_status = {_KEEP_IF_SENT.format('last_status')},"
     f" last_error = {_KEEP_IF_SENT.format('last_error')},"
@@ -166,7 +154,7 @@ def record_sends(conn: Connection, now: float, outcomes: Sequence[SendOutcome]) 
         [
             {
                 "event_id": o.event_id,
-                "pair": o.request.pair,
+                "pair": o.hit.pair,
                 "at": now,
                 "outcome": str(o.result.outcome),
                 "status_code": o.result.status_code,
@@ -209,9 +197,10 @@ def _send_row(outcome: SendOutcome, now: float) -> dict[str, Any]:
     done = result.outcome in (Outcome.SENT, Outcome.DRY_RUN)
     return {
         "event_id": outcome.event_id,
-        "pair": outcome.request.pair,
-        "url": outcome.request.url,
-        "state": SEND_STATE[result.outcome],
+        "pair": outcome.hit.pair,
+        "format": outcome.hit.format,
+        "payload": outcome.hit.payload,
+        "state": SEND_STATE_OF[result.outcome],
         "last_status": result.status_code,
         "last_error": None if done else result.detail,
         "sent_at": now if done else None,
@@ -223,10 +212,13 @@ def _finish_unless_revised(
 ) -> None:
     held = and_(events.c.id == row.id, events.c.lease_owner == owner)
     released = {"lease_owner": None, "lease_until": None, "updated_at": now}
+    due = {} if done.next_attempt_at is None else {"next_attempt_at": done.next_attempt_at}
     updated = conn.execute(
         update(events)
         .where(held, events.c.revision == done.only_if_revision)
-        .values(state=done.state, reason_code=done.reason_code, reason=done.reason, **released)
+        .values(
+            state=done.state, reason_code=done.reason_code, reason=done.reason, **due, **released
+        )
     ).rowcount
     if not updated:
         # New experiment data arrived while we worked: leave it due now.
@@ -234,7 +226,7 @@ def _finish_unless_revised(
 
 
 _WAKE_DEFERRED = text(
-    "UPDATE events SET next_attempt_at = :now WHERE state = 'pending'"
+    f"UPDATE events SET next_attempt_at = :now WHERE state = '{EventState.PENDING}'"
     " AND reason_code = :retrying AND next_attempt_at > :now AND updated_at >= :since"
     " AND lease_owner IS NULL"
 )
@@ -242,5 +234,5 @@ _WAKE_DEFERRED = text(
 
 def wake_deferred(conn: Connection, since: float, now: float) -> int:
     """Make events that failed retryably since `since` (an outage) due now; their number."""
-    result = conn.execute(_WAKE_DEFERRED, {"now": now, "since": since, "retrying": RETRYING})
+    result = conn.execute(_WAKE_DEFERRED, {"now": now, "since": since, "retrying": Reason.RETRYING})
     return int(result.rowcount)

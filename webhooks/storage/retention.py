@@ -31,12 +31,13 @@ from webhooks.core.clock import Clock
 from webhooks.core.errors import ConfigError, StorageError
 from webhooks.core.logs import describe
 from webhooks.core.settings import MIN_KEEP_DAYS, RetentionSettings
+from webhooks.core.states import EventState
 from webhooks.storage.database import is_postgres, transaction
 from webhooks.storage.schema import attempts, deliveries, events, readiness, sends
 
 log = logging.getLogger(__name__)
 
-FINISHED_STATES = ("sent", "dry_run", "skipped")
+FINISHED_STATES = (EventState.SENT, EventState.DRY_RUN, EventState.SKIPPED)
 BATCH_SIZE = 200
 # A batch holds the lock the request path waits for: batches shrink while one takes longer
 # than this (a large table, a slow disk) and grow back while they are quick.

@@ -45,7 +45,7 @@ deliveries = Table(
     Column("platform", String(32), nullable=False),
     Column("delivery_key", String(255), nullable=False),
     Column("topic", String(128), nullable=False),
-    # accepted | duplicate | ignored | rejected
+    # core.states.DeliveryStatus
     Column("status", String(16), nullable=False),
     Column("reason", Text),
     Column("received_at", Float, nullable=False),
@@ -81,7 +81,7 @@ events = Table(
     Column("attributes", Text, nullable=False),  # JSON object of the order's string metadata
     Column("test_mode", Boolean, nullable=False),
     Column("occurred_at", Float, nullable=False),
-    # pending | sent | dry_run | skipped | dead
+    # core.states.EventState
     Column("state", String(16), nullable=False),
     Column("reason_code", String(32)),  # machine-readable cause of the state, see store.py
     Column("reason", Text),
@@ -106,8 +106,11 @@ sends = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("event_id", Id, ForeignKey("events.id"), nullable=False),
     Column("pair", String(64), nullable=False),  # "experiment-variation"
-    Column("url", Text, nullable=False),
-    # pending | sent | dry_run | dead
+    # What was sent, in the format the client speaks (core.hits.HitFormat): the legacy GET's
+    # URL. Version 3 (it was `url`, always a legacy GET).
+    Column("format", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    # core.states.SendState
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_status", Integer),
@@ -123,7 +126,7 @@ attempts = Table(
     Column("event_id", Id, ForeignKey("events.id"), nullable=False),
     Column("pair", String(64), nullable=False),
     Column("at", Float, nullable=False),
-    Column("outcome", String(16), nullable=False),  # sent | retry | permanent | dry_run
+    Column("outcome", String(16), nullable=False),  # core.states.Outcome
     Column("status_code", Integer),
     Column("detail", Text),
 )

@@ -14,15 +14,15 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from adapters import REGISTRY
-from webhooks.core import states as reasons
 from webhooks.core.errors import PARSE_FAILURES, ConvertWebhooksError, PayloadError
 from webhooks.core.events import ParseResult
 from webhooks.core.logs import describe, escape
 from webhooks.core.settings import Settings
+from webhooks.core.states import EventState, Reason, SendState
 from webhooks.storage.ingest import Delivery, IngestOutcome, checked_transaction, store_events
 from webhooks.storage.schema import deliveries, events, sends
 
-RESENDABLE_STATES = ("dead", "skipped", "dry_run")
+RESENDABLE_STATES = (EventState.DEAD, EventState.SKIPPED, EventState.DRY_RUN)
 MAX_ID = 2**63 - 1  # ids are BIGINT; a larger number names nothing (and SQLite cannot bind it)
 
 
@@ -75,7 +75,7 @@ def resend_events(engine: Engine, event_ids: Sequence[int] | None, now: float) -
     with checked_transaction(engine) as conn:
         query = select(events.c.id, events.c.state)
         query = (
-            query.where(events.c.state == "dead")
+            query.where(events.c.state == EventState.DEAD)
             if event_ids is None
             else query.where(events.c.id.in_(event_ids))
         )
@@ -85,12 +85,15 @@ def resend_events(engine: Engine, event_ids: Sequence[int] | None, now: float) -
             return []
         conn.execute(
             update(sends)
-            .where(sends.c.event_id.in_(chosen), sends.c.state.in_(("dead", "dry_run")))
-            .values(state="pending")
+            .where(
+                sends.c.event_id.in_(chosen),
+                sends.c.state.in_((SendState.DEAD, SendState.DRY_RUN)),
+            )
+            .values(state=SendState.PENDING)
         )
         values: dict[str, Any] = {
-            "state": "pending",
-            "reason_code": reasons.QUEUED,
+            "state": EventState.PENDING,
+            "reason_code": Reason.QUEUED,
             "reason": "queued again by replay",
             "next_attempt_at": now,
             "horizon_start": now,

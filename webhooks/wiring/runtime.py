@@ -1,4 +1,4 @@
-"""What one process holds: settings, the database engine, the sender, the dispatcher and the
+"""What one process holds: settings, the database engine, the Convert client, the dispatcher, the
 pruner, and the checks that say whether this process can take webhooks (`readiness`)."""
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhooks.convert.http import Sender
+from webhooks.convert.client import ConvertClient, make_client
 from webhooks.core.clock import Clock
 from webhooks.core.errors import StorageError
+from webhooks.core.observe import NullObserver, Observer
 from webhooks.core.settings import Settings
-from webhooks.delivery.dispatcher import Dispatcher
-from webhooks.storage.database import make_engine, mark_ready, migrate
+from webhooks.delivery.worker import Dispatcher
+from webhooks.storage.database import make_engine, mark_ready
+from webhooks.storage.migrations import migrate
 from webhooks.storage.retention import Pruner
 
 
@@ -29,9 +31,10 @@ def process_name() -> str:
 class Runtime:
     settings: Settings
     engine: Engine
-    sender: Sender
+    client: ConvertClient
     dispatcher: Dispatcher
     clock: Clock
+    observer: Observer = field(default_factory=NullObserver)
     pruner: Pruner | None = None
     owner: str = field(default_factory=process_name)
     _schema_ready: bool = False
@@ -108,7 +111,7 @@ class Runtime:
         if self.pruner is not None:
             self.pruner.stop()
         self.dispatcher.stop()
-        self.sender.close()
+        self.client.close()
         self.engine.dispose()
 
 
@@ -120,9 +123,12 @@ def _kind(exc: SQLAlchemyError) -> str:
     )
 
 
-def build_runtime(settings: Settings, clock: Clock) -> Runtime:
+def build_runtime(
+    settings: Settings, clock: Clock, observer: Observer | None = None
+) -> Runtime:
+    """The one place the parts are put together (and where an observer is attached)."""
+    observer = observer or NullObserver()
     engine = make_engine(settings.database_url, settings.busy_timeout_ms)
-    convert = settings.convert
-    sender = Sender(convert.connect_timeout, convert.read_timeout, dry_run=convert.dry_run)
-    dispatcher = Dispatcher(engine, settings, sender, clock)
-    return Runtime(settings, engine, sender, dispatcher, clock)
+    client = make_client(settings.convert)
+    dispatcher = Dispatcher(engine, settings, client, clock, observer)
+    return Runtime(settings, engine, client, dispatcher, clock, observer)

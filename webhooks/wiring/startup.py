@@ -10,7 +10,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from webhooks.convert.legacy import endpoint_for
 from webhooks.core.errors import StorageError
 from webhooks.core.logs import configure_logging
-from webhooks.storage.database import make_engine, migrate
+from webhooks.storage.database import make_engine
+from webhooks.storage.migrations import migrate
 from webhooks.wiring.config import load_settings
 
 log = logging.getLogger("webhooks.wiring.startup")
