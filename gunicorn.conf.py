@@ -1,6 +1,6 @@
 """gunicorn settings. The dispatcher (and the pruner, when scheduled) start in every worker after
 fork (a thread created before the fork would not survive it); claims are atomic and leased, so
-workers never double-send, and two pruners at once are harmless (webhooks/retention.py)."""
+workers never double-send, and two pruners at once are harmless (webhooks/storage/retention.py)."""
 
 import os
 

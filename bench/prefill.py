@@ -3,9 +3,9 @@
 One real webhook is first taken through the product in-process (route, store, dispatcher, sender
 to the stand-in), in a child process so the bench keeps no engine or thread; its rows are the
 templates. Copies then go in with executemany in one transaction, using the real schema
-(created by `webhooks.database.migrate`). Only ids, keys, order ids and times differ per copy;
-delivery bodies are replaced by a small JSON object (1,000,000 real 12 KB bodies would be a
-12 GB file), which the request path never reads.
+(created by `webhooks.storage.migrations.migrate`). Only ids, keys, order ids and times differ
+per copy; delivery bodies are replaced by a small JSON object (1,000,000 real 12 KB bodies
+would be a 12 GB file), which the request path never reads.
 """
 
 from __future__ import annotations
@@ -168,13 +168,13 @@ def prefill(db_path: Path, templates: Templates, count: int, state: str, first_o
         sql, _ = _insert_sql(events)
         con.executemany(sql, rows(events, event_template, event))
         if is_sent:
-            url = str(templates.send["url"])
+            payload = str(templates.send["payload"])
 
             def send(i: int) -> dict[str, Any]:
                 return {
                     "id": first["sends"] + i,
                     "event_id": first["events"] + i,
-                    "url": url.replace(old_id, str(first_order + i)),
+                    "payload": payload.replace(old_id, str(first_order + i)),
                     "sent_at": at(i),
                 }
 

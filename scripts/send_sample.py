@@ -2,18 +2,17 @@
 
     python3 scripts/send_sample.py stripe   # checkout.session.completed (Stripe's own sample)
     python3 scripts/send_sample.py shopify  # orders/paid (Shopify's own sample order)
+    python3 scripts/send_sample.py <platform> [base URL] [source name]
 
-The payloads are the platforms' documented samples in tests/fixtures (sources noted there),
-with the experiment pairs "100-200" added where a shop would put them. They are signed with
-the example config's secrets, or with STRIPE_WEBHOOK_SECRET / SHOPIFY_WEBHOOK_SECRET if set.
-Only the Python standard library is used.
+Each platform's sample is the documented payload its spec names (tests/fixtures/<platform>/,
+sources in SOURCES.md), with the experiment pairs "100-200" added where a shop would put them,
+signed by the platform's own signature scheme (adapters/schemes.py: the code that verifies).
+The secret is the example config's, or <PLATFORM>_WEBHOOK_SECRET if set (STRIPE_..., SHOPIFY_...).
+Needs only the Python standard library and this checkout.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import sys
@@ -21,47 +20,61 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the checkout's adapters/, run from anywhere
+
+from adapters import REGISTRY  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
 PAIRS = "100-200"
+EXAMPLE_SECRETS = {"stripe": "whsec_example_secret", "shopify": "shpss_example_secret"}
 
 
-def stripe_request() -> tuple[bytes, dict[str, str]]:
-    event = json.loads((FIXTURES / "stripe" / "checkout_session_completed.json").read_text())
-    event["id"] = f"evt_sample_{uuid.uuid4().hex[:12]}"
+def _stripe(event: dict[str, Any], headers: dict[str, str]) -> None:
+    event["id"] = f"evt_sample_{uuid.uuid4().hex[:12]}"  # a new event each time, not a retry
     event["data"]["object"]["metadata"] = {"convert_experiments": PAIRS}
-    body = json.dumps(event).encode()
-    secret = os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_example_secret")
-    t = int(time.time())
-    v1 = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return body, {"Stripe-Signature": f"t={t},v1={v1}"}
 
 
-def shopify_request() -> tuple[bytes, dict[str, str]]:
-    order = json.loads((FIXTURES / "shopify" / "orders_paid.json").read_text())
+def _shopify(order: dict[str, Any], headers: dict[str, str]) -> None:
     order["note_attributes"] = [{"name": "convert_experiments", "value": PAIRS}]
     order["financial_status"] = "paid"  # the published sample says "voided" (SOURCES.md)
-    body = json.dumps(order).encode()
-    secret = os.environ.get("SHOPIFY_WEBHOOK_SECRET", "shpss_example_secret")
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
-    return body, {
-        "X-Shopify-Topic": "orders/paid",
-        "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
-        "X-Shopify-Event-Id": str(uuid.uuid4()),
-        "X-Shopify-Shop-Domain": "example.myshopify.com",
-    }
+    headers["X-Shopify-Event-Id"] = str(uuid.uuid4())
+
+
+# Where a shop keeps the experiment pairs differs per platform; others are sent as published.
+EDITS: dict[str, Callable[[dict[str, Any], dict[str, str]], None]] = {
+    "stripe": _stripe,
+    "shopify": _shopify,
+}
+
+
+def sample_request(platform: str) -> tuple[bytes, dict[str, str]]:
+    spec = REGISTRY[platform]
+    payload = json.loads((FIXTURES / platform / spec.sample.fixture).read_text())
+    headers = dict(spec.sample.headers)
+    if edit := EDITS.get(platform):
+        edit(payload, headers)
+    body = json.dumps(payload).encode()
+    default = EXAMPLE_SECRETS.get(platform, spec.sample.secrets[0])
+    secret = os.environ.get(f"{platform.upper()}_WEBHOOK_SECRET", default)
+    headers.update(spec.scheme.sign(body, secret, time.time()))
+    return body, headers
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[1] not in ("stripe", "shopify"):
+    if len(argv) < 2 or argv[1] not in REGISTRY:
         print(__doc__)
         return 2
     platform = argv[1]
     base = argv[2] if len(argv) > 2 else "http://127.0.0.1:8000"
-    body, headers = stripe_request() if platform == "stripe" else shopify_request()
+    source = argv[3] if len(argv) > 3 else platform
+    body, headers = sample_request(platform)
     headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(f"{base}/webhooks/{platform}", data=body, headers=headers)
+    request = urllib.request.Request(f"{base}/webhooks/{source}", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             print(response.status, response.read().decode())

@@ -1,7 +1,7 @@
 """A real local HTTP server standing in for Convert's tracking endpoint.
 
 It records every request it receives (path with query, headers) and can be told to answer
-with given statuses and headers (Retry-After), to be slow, to hold chosen requests until
+with given statuses and headers (Retry-After, Location), to be slow, to hold chosen requests until
 released, or to call a hook as each request arrives. Used by tests and by the benchmarks.
 """
 
@@ -75,10 +75,17 @@ class ConvertRecorder:
         self.server.shutdown()
         self.server.server_close()
 
-    def answer_next(self, *statuses: int, retry_after: str | None = None) -> None:
-        """The next requests get these statuses (and this Retry-After), in order; then
-        `default_status`."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    def answer_next(
+        self,
+        *statuses: int,
+        retry_after: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """The next requests get these statuses (and this Retry-After, and these headers,
+        e.g. a redirect's Location), in order; then `default_status`."""
+        headers = dict(headers or {})
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
         with self._lock:
             self._answers.extend(Answer(status, headers) for status in statuses)
 

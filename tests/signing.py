@@ -1,17 +1,17 @@
-"""Sign test payloads exactly the way the platforms do (see adapters/ for the sources)."""
+"""Sign test payloads with the platforms' own schemes (adapters/schemes.py): the code that
+verifies is the code that signs, and each platform's known-answer test
+(tests/test_platform_contract.py) pins that code to the platform's SDK or documentation."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+from adapters import shopify, stripe
 
 
 def stripe_signature_header(body: bytes, secret: str, timestamp: int, *extra: str) -> str:
-    signed = f"{timestamp}.".encode() + body
-    v1 = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return ",".join([f"t={timestamp}", f"v1={v1}", *extra])
+    """`t=<timestamp>,v1=<hex>`, then any `extra` items (another v1, a v0) as given."""
+    header = stripe.SCHEME.sign(body, secret, timestamp)[stripe.SCHEME.header]
+    return ",".join([header, *extra])
 
 
 def shopify_hmac(body: bytes, secret: str) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+    return shopify.SCHEME.sign(body, secret, 0)[shopify.SCHEME.header]

@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from webhooks.attribution.chain import Absent, Subject
+from webhooks.attribution.order import OrderAttributes
 from webhooks.attribution.pairs import MAX_VALUE_CHARS, from_attributes
 from webhooks.core.states import Reason
 
@@ -40,8 +42,28 @@ def test_within_the_cap_nothing_is_dropped_and_there_is_no_note() -> None:
 
 
 def test_max_pairs_below_one_is_a_programming_error() -> None:
-    with pytest.raises(ValueError, match="max_pairs"):
+    with pytest.raises(ValueError, match=r"^max_pairs must be at least 1$"):
         from_attributes({KEY: "1-2"}, KEY, max_pairs=0)
+
+
+def test_a_cap_of_one_pair_keeps_the_first() -> None:
+    result = from_attributes({KEY: "1-2,3-4"}, KEY, max_pairs=1)
+    assert (result.pairs, result.dropped) == (("1-2",), 1)
+    assert result.note == "kept the first 1 of 2 experiment pairs"
+
+
+def test_data_without_a_valid_pair_says_so_in_the_order_lookup_too() -> None:
+    reason = "'ab' holds no valid EXP-VAR pair (ids must be digits)"
+    result = from_attributes({"ab": "1-x,y"}, "ab")
+    assert (result.pairs, result.reason_code, result.reason) == (
+        (),
+        Reason.MALFORMED_EXPERIMENT_DATA,
+        reason,
+    )
+    # The lookup keeps the code: malformed data is worth a look, unlike no data at all.
+    lookup = OrderAttributes(lambda source: "ab", max_pairs=20)
+    subject = Subject(1, "stripe", "stripe", "pi_1", None, None, {"ab": "1-x,y"})
+    assert lookup.find(subject) == Absent(Reason.MALFORMED_EXPERIMENT_DATA, reason)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +97,10 @@ def test_only_the_first_64k_characters_are_read_and_a_cut_last_piece_is_ignored(
     value = head + "3-45678,9-10"  # the cut falls inside "3-45678"
     result = from_attributes({KEY: value}, KEY)
     assert result.pairs == ("1-2",)  # not "3-4", a pair the buyer never had
-    assert result.note is not None and str(MAX_VALUE_CHARS) in result.note
+    assert result.note == (
+        f"kept the first 1 of 1 experiment pairs (read the first {MAX_VALUE_CHARS} characters"
+        " of the attribute)"
+    )
 
 
 def test_a_megabyte_of_experiment_data_is_bounded_work() -> None:

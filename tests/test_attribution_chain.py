@@ -19,6 +19,7 @@ from webhooks.delivery.worker import Dispatcher
 from webhooks.storage.database import transaction
 from webhooks.storage.schema import events
 
+
 def live_payment() -> dict[str, object]:
     event = stripe_event("payment_intent_succeeded")
     event["livemode"] = True

@@ -30,6 +30,7 @@ def build_requests(
 ) -> list[Hit]:
     hits = build_hits(settings, goals, Purchase(7, order_id, amount, items), pairs)
     assert {(hit.event_id, hit.format) for hit in hits} == {(7, HitFormat.LEGACY_GET)}
+    assert [hit.pair for hit in hits] == pairs  # the send records each hit under its pair
     return hits
 
 
@@ -78,12 +79,30 @@ def test_transaction_id_with_separator_survives_in_the_url() -> None:
     assert request.payload.endswith("t=1%7CA~7CB%7C1.00%7C1")
 
 
+@pytest.mark.parametrize(("items", "text"), [(0, "0"), (-3, "0"), (12, "12")])
+def test_the_products_count_is_as_given_and_never_negative(items: int, text: str) -> None:
+    (request,) = build_requests(SETTINGS, GoalSet((), ("1",)), ["1-2"], "x", Decimal(1), items)
+    assert request.payload.endswith(f"t=1%7Cx%7C1.00%7C{text}")
+
+
+def test_an_endpoint_with_its_own_query_gets_the_parameters_after_an_ampersand() -> None:
+    settings = ConvertSettings("1111", "2222", "https://t.example/track/?via=proxy", False, 3, 10)
+    (request,) = build_requests(settings, GoalSet(("7",), ()), ["1-2"], "x", Decimal(1), 1)
+    assert request.payload == "https://t.example/track/?via=proxy&c=1111&p=2222&e=1-2&g=7&ga=1"
+
+
 @pytest.mark.parametrize(
     ("amount", "text"),
     [("10", "10.00"), ("0.005", "0.01"), ("12.345", "12.35"), ("4999", "4999.00"), ("0", "0.00")],
 )
 def test_values_have_exactly_two_decimals(amount: str, text: str) -> None:
     assert format_value(Decimal(amount)) == text
+
+
+@pytest.mark.parametrize("amount", ["NaN", "sNaN", "Infinity", "-Infinity"])
+def test_an_amount_that_is_not_a_finite_number_is_refused(amount: str) -> None:
+    with pytest.raises(ValueError, match=r"^the amount is not a finite number$"):
+        format_value(Decimal(amount))
 
 
 @pytest.mark.parametrize(
@@ -113,7 +132,7 @@ def test_missing_attribute_and_custom_key() -> None:
 
 
 def test_money_never_goes_through_float() -> None:
-    assert from_minor_units(99_999_999_999_999, "USD") == Decimal("999999999999.99")
+    assert from_minor_units(99_999_999_999_999, 2) == Decimal("999999999999.99")
     assert from_decimal_string("0.10", "x") + from_decimal_string("0.20", "x") == Decimal("0.30")
     for bad in (1.5, True, None, "1"):
         with pytest.raises(PayloadError):

@@ -112,20 +112,57 @@ def test_reasons_say_what_happened() -> None:
         ["1-2"], known(("1-2", SendState.PENDING, "HTTP 503")), [RETRY], False, 4, NOW, retry_at
     )
     assert gave_up.reason == "gave up after 5 attempts; last error: HTTP 503"
+    # The error of the hit that will be retried, not of one Convert already rejected.
+    mixed = decide(
+        ["1-2", "3-4"],
+        known(("1-2", SendState.DEAD, "HTTP 404"), ("3-4", SendState.PENDING, "HTTP 503")),
+        [PERMANENT, RETRY], False, 0, NOW, retry_at,
+    )
+    assert mixed.reason == "will retry; last error: HTTP 503"
+    queued = decide(["1-2"], {}, [], True, 0, NOW, retry_at)
+    assert queued.reason == "queued: the round ended before this event was sent"
+    dry = decide(
+        ["1-2"], known(("1-2", SendState.DRY_RUN, None)), [result(Outcome.DRY_RUN)], False, 0,
+        NOW, retry_at,
+    )
+    assert dry.reason == "dry run: Convert URLs logged, not sent"
+    error = decide(
+        ["1-2"], known(("1-2", SendState.DEAD, "boom")),
+        [SENT, result(Outcome.ERROR, "internal error while sending: KeyError at x.py:1")],
+        False, 0, NOW, retry_at,
+    )
+    assert error.reason == "internal error while sending: KeyError at x.py:1"
+
+
+def test_a_pair_never_tried_is_retried_even_without_a_last_error() -> None:
+    """A takeover that finds one hit recorded and the other never sent: nothing failed yet."""
+    finish = decide(
+        ["1-2", "3-4"], known(("1-2", SendState.SENT, None)), [], False, 1, NOW, retry_at
+    )
+    assert (finish.state, finish.reason_code, finish.next_attempt_at) == (
+        EventState.PENDING,
+        Reason.RETRYING,
+        RETRY_AT,
+    )
+    assert finish.reason is not None and finish.reason.startswith("will retry")
 
 
 def test_attempts_count_this_round_only_when_it_made_requests() -> None:
-    seen: list[int] = []
+    seen: list[tuple[int, float]] = []
 
     def policy(tries: int, not_before: float) -> float | None:
-        seen.append(tries)
+        seen.append((tries, not_before))
         return RETRY_AT
 
     pending = known(("1-2", SendState.PENDING, "HTTP 503"))
     decide(["1-2"], pending, [RETRY], False, 2, NOW, policy)  # this round tried: 3
     decide(["1-2"], pending, [], False, 2, NOW, policy)  # a takeover that sent nothing: 2
     decide(["1-2"], pending, [], False, 0, NOW, policy)  # never below 1
-    assert seen == [3, 2, 1]
+    # Not before Convert's longest Retry-After of this round; without one, no constraint.
+    waits = [result(Outcome.RETRY, "HTTP 429", 30.0), result(Outcome.RETRY, "HTTP 429", 90.0)]
+    decide(["1-2", "3-4"], known(("1-2", SendState.PENDING, "HTTP 429")), waits, False, 0, NOW,
+           policy)
+    assert seen == [(3, NOW), (2, NOW), (1, NOW), (1, NOW + 90.0)]
 
 
 def test_a_note_rides_with_the_final_state() -> None:

@@ -54,24 +54,52 @@ def test_odd_source_names_are_404_and_not_echoed(service: Service, name: str) ->
 @pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "GET", "PUT", "DELETE", "PATCH"])
 @pytest.mark.parametrize("path", ["/webhooks/stripe", "/webhooks/nope", "/webhooks/", "/"])
 def test_any_method_on_any_path_is_a_clear_answer(service: Service, method: str, path: str) -> None:
+    """A webhook URL (a configured source or not: the rule matches before the source is
+    looked up) takes POST only: 405 with Allow, OPTIONS answers 200 with Allow; any other
+    path is 404. Errors are JSON; HEAD has no body. Nothing is stored."""
     response = service.client.open(path, method=method)
-    assert response.status_code in (200, 404, 405)
-    if response.data:
-        assert response.is_json
+    if path.startswith("/webhooks/") and path != "/webhooks/":
+        expected = 200 if method == "OPTIONS" else 405
+        assert (response.status_code, response.headers["Allow"]) == (expected, "POST, OPTIONS")
+    else:
+        assert response.status_code == 404
+        assert "Allow" not in response.headers
+    if method == "HEAD" or response.status_code == 200:
+        assert response.data == b""
+    else:
+        assert response.is_json and list(response.json) == ["error"]
+    assert stored(service) == []
 
 
 @pytest.mark.parametrize(
-    "length", ["abc", "-1", "1e3", " 2", "+2", "99999999999999999999999999", "0x10", ""]
+    "length", ["abc", "-1", "1e3", " 2", "+2", "0x10", "", "\u0663", "99999999999999999999999999"]
 )
 def test_odd_content_length_is_never_a_500(service: Service, length: str) -> None:
-    response = service.client.post(
-        "/webhooks/stripe",
-        input_stream=io.BytesIO(b"{}"),
-        environ_overrides={"CONTENT_LENGTH": length},
-        headers={"Stripe-Signature": "t=1,v1=00"},
-    )
-    assert response.status_code in (400, 401, 413)
+    """A Content-Length that is not plain ASCII digits is an unknown length: the body is not
+    read at all (never a part of it guessed from a lenient parse), so the signed bytes did
+    not arrive: 401, nothing stored. A plain but huge length is past the cap: 413."""
+    raw = body(stripe_event("payment_intent_succeeded"))
+    header = stripe_signature_header(raw, STRIPE_SECRET, int(service.clock.now()))
+
+    def post(content_length: str) -> Any:
+        return service.client.post(
+            "/webhooks/stripe",
+            input_stream=io.BytesIO(raw),
+            environ_overrides={"CONTENT_LENGTH": content_length},
+            headers={"Stripe-Signature": header},
+        )
+
+    response = post(length)
+    if length.isascii() and length.isdigit():
+        limit = service.settings.max_body_bytes
+        expected = (413, {"error": f"body is larger than {limit} bytes"})
+    else:
+        expected = (401, {"error": "no Stripe-Signature v1 signature matches a configured secret"})
+    assert (response.status_code, response.json) == expected
     assert stored(service) == []
+    # The same request with its true length is accepted: the refusal was the length's.
+    assert post(str(len(raw))).json["status"] == "accepted"
+    assert [(d.status, d.body) for d in stored(service)] == [("accepted", raw)]
 
 
 def test_content_length_past_the_cap_is_413_before_reading(service: Service) -> None:
@@ -134,20 +162,35 @@ def test_signed_empty_body_is_400_and_kept(service: Service) -> None:
     assert [(d.status, d.body) for d in stored(service)] == [("rejected", b"")]
 
 
+TOPIC_NOT_ASCII = "header X-Shopify-Topic must be printable ASCII without spaces"
+ID_NOT_ASCII = (
+    "header X-Shopify-Event-Id or X-Shopify-Webhook-Id must be printable ASCII without spaces"
+)
+
+
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "error"),
     [
-        {"X-Shopify-Topic": "orders/paid\x00\x1b[2J"},
-        {"X-Shopify-Topic": "orders/" + "p" * 300},
-        {"X-Shopify-Topic": "\x85\xa0"},
-        {"X-Shopify-Event-Id": "e" * 300},
-        {"X-Shopify-Event-Id": "e\x00\x1b"},
-        {"X-Shopify-Webhook-Id": "\x00" * 10},
+        ({"X-Shopify-Topic": "orders/paid\x00\x1b[2J"}, TOPIC_NOT_ASCII),
+        (
+            {"X-Shopify-Topic": "orders/" + "p" * 300},
+            "header X-Shopify-Topic is longer than 128 characters",
+        ),
+        ({"X-Shopify-Topic": "\x85\xa0"}, TOPIC_NOT_ASCII),
+        (
+            {"X-Shopify-Event-Id": "e" * 300},
+            "header X-Shopify-Event-Id or X-Shopify-Webhook-Id is longer than 255 characters",
+        ),
+        ({"X-Shopify-Event-Id": "e\x00\x1b"}, ID_NOT_ASCII),
+        ({"X-Shopify-Webhook-Id": "\x00" * 10}, None),  # the event id is the key: not read
+        ({"X-Shopify-Event-Id": None, "X-Shopify-Webhook-Id": "\x00" * 10}, ID_NOT_ASCII),
     ],
 )
 def test_signed_request_with_odd_headers_is_never_5xx(
-    any_db_service: Service, headers: dict[str, str]
+    any_db_service: Service, headers: dict[str, str | None], error: str | None
 ) -> None:
+    """An unusable topic or key header is a 400 naming the header (the signed body kept as
+    rejected, under a placeholder topic); a header that is not used changes nothing."""
     data = body(shopify_order(financial_status="paid"))
     sent = {
         "X-Shopify-Topic": "orders/paid",
@@ -155,12 +198,20 @@ def test_signed_request_with_odd_headers_is_never_5xx(
         "X-Shopify-Event-Id": "ev-1",
         **headers,
     }
-    response = any_db_service.client.post("/webhooks/shop", data=data, headers=sent)
-    assert response.status_code in (200, 400)
-    (kept,) = stored(any_db_service)  # stored either way: accepted, ignored or rejected
+    given = {name: value for name, value in sent.items() if value is not None}
+    response = any_db_service.client.post("/webhooks/shop", data=data, headers=given)
+    (kept,) = stored(any_db_service)  # stored either way: accepted or rejected
     assert kept.body == data
-    if response.status_code == 400:
-        assert kept.status == "rejected"
+    if error is None:
+        assert (response.status_code, response.json["status"]) == (200, "accepted")
+        assert (kept.status, kept.topic, kept.delivery_key) == (
+            "accepted",
+            "orders/paid",
+            "orders/paid:event:ev-1",
+        )
+    else:
+        assert (response.status_code, response.json) == (400, {"error": error})
+        assert (kept.status, kept.topic, kept.reason) == ("rejected", "(unreadable)", error)
 
 
 def chunked_post(service: Service, data: bytes, header_for: bytes | None = None) -> Any:

@@ -86,10 +86,14 @@ def test_signed_but_unreadable_body_is_400_and_kept_as_rejected(service: Service
     raw = b'{"id": "evt_x", "type": "payment_intent.succeeded"}'
     response = service.post_stripe({}, raw=raw)
     assert response.status_code == 400
-    assert "data" in response.json["error"]
+    assert response.json == {"error": "field 'data' must be an object"}
     with service.runtime.engine.connect() as conn:
         row = conn.execute(select(deliveries)).one()
-    assert (row.status, row.body) == ("rejected", raw)
+    assert (row.status, row.reason, row.body) == (
+        "rejected",
+        "field 'data' must be an object",
+        raw,
+    )
 
 
 def test_oversized_body_is_413(make_service: Any, sqlite_url: str) -> None:

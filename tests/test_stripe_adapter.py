@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.request import SignedRequest
 from adapters.stripe import ADAPTER
 from tests.payloads import body, stripe_event
 from tests.signing import stripe_signature_header
@@ -23,8 +24,8 @@ RAW = body(stripe_event("checkout_session_completed"))
 
 
 def verify(header: str | None, raw: bytes = RAW, now: float = NOW) -> None:
-    headers = {} if header is None else {"stripe-signature": header}
-    ADAPTER.verify(headers, raw, SETTINGS, now)
+    headers = {} if header is None else {"Stripe-Signature": header}
+    ADAPTER.verify(SignedRequest.post(raw, headers), SETTINGS, now)
 
 
 def test_valid_signature_with_any_configured_secret_passes() -> None:

@@ -24,38 +24,6 @@ _ONE = Decimal(1)
 _DECIMAL_STRING = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?", re.ASCII)
 _CURRENCY = re.compile(r"[A-Z]{3}", re.ASCII)
 
-# Stripe's currency exponents (docs.stripe.com/currencies). ISK and UGX are whole-unit
-# currencies that Stripe represents with two decimals, so they stay in the default case.
-STRIPE_ZERO_DECIMAL = frozenset(
-    [
-        "BIF",
-        "CLP",
-        "DJF",
-        "GNF",
-        "JPY",
-        "KMF",
-        "KRW",
-        "MGA",
-        "PYG",
-        "RWF",
-        "VND",
-        "VUV",
-        "XAF",
-        "XOF",
-        "XPF",
-    ]
-)
-STRIPE_THREE_DECIMAL = frozenset(["BHD", "JOD", "KWD", "OMR", "TND"])
-
-
-def stripe_exponent(currency: str) -> int:
-    code = currency.upper()
-    if code in STRIPE_ZERO_DECIMAL:
-        return 0
-    if code in STRIPE_THREE_DECIMAL:
-        return 3
-    return 2
-
 
 def is_currency_code(value: object) -> bool:
     """Exactly three upper-case ASCII letters ("ÅÄÖ".isalpha() is true: not a code)."""
@@ -114,11 +82,14 @@ def _drop_trailing_zeros(digits: tuple[int, ...], exponent: int, what: str) -> D
     return Decimal((0, digits[:-excess] or (0,), -MAX_PLACES))
 
 
-def from_minor_units(amount: object, currency: str, what: str = "amount") -> Decimal:
-    """Stripe integer minor units to a Decimal in major units."""
+def from_minor_units(amount: object, exponent: int, what: str = "amount") -> Decimal:
+    """An integer amount in minor units (10**-exponent of the major unit) to a Decimal in
+    major units. The exponent is the platform's for the currency (Stripe's tables live with
+    Stripe: platforms disagree, e.g. on ISK); it must be 0..MAX_PLACES."""
+    if not 0 <= exponent <= MAX_PLACES:
+        raise ValueError(f"currency exponent {exponent} is outside 0..{MAX_PLACES}")
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise PayloadError(f"field '{what}' must be an integer number of minor units")
-    exponent = stripe_exponent(currency)
     if not 0 <= amount < MAX_AMOUNT * 10**exponent:  # before Decimal: no huge ints past here
         raise PayloadError(f"field '{what}' is out of range")
     return checked_amount(Decimal(amount).scaleb(-exponent), what)

@@ -4,7 +4,8 @@ the TOML file (which is the only place that knows the file's shape)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from webhooks.core.events import EventKind
 
@@ -20,6 +21,11 @@ class SourceSettings:
     allow_test_events: bool
     experiments_key: str
     revenue: str
+    # The URL the platform calls, as entered in its dashboard: for schemes that sign the URL
+    # (never rebuilt from the request's Host header). None when not configured.
+    url: str | None = None
+    # The platform's own keys under `sources.<name>`, loaded by its spec's options schema.
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

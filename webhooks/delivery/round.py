@@ -102,6 +102,8 @@ class Round:
             "the round's results",
         )
         p.slots.release(sent.unrecorded_batches)
+        if sent.unrecorded:
+            _tell(lambda: p.observer.sends(sent.unrecorded))
         if sent.unknown:
             log.warning(
                 "%d event(s) had a Convert request still in flight when the round ended; "

@@ -326,7 +326,7 @@ def _store_event(
     existing_id = _merge_into_existing(conn, d.project_id, event, now)
     return summary | {
         "id": existing_id,
-        "state": "duplicate",
+        "state": DeliveryStatus.DUPLICATE,
         "duplicate": True,
         "reason": "purchase already counted",
     }

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from webhooks.core.clock import Clock
 from webhooks.core.errors import ConvertWebhooksError, StorageError
 from webhooks.core.logs import configure_logging, describe
+from webhooks.core.observe import Observer
 from webhooks.core.settings import Settings
 from webhooks.storage.clock import SystemClock
 from webhooks.wiring.config import load_settings
@@ -23,13 +24,14 @@ def create_app(
     *,
     config_path: str | None = None,
     clock: Clock | None = None,
+    observer: Observer | None = None,
 ) -> Flask:
     configure_logging()
     settings = settings or load_settings(config_path)
     app = Flask("webhooks")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    runtime = build_runtime(settings, clock or SystemClock())
+    runtime = build_runtime(settings, clock or SystemClock(), observer)
     app.extensions["convert_webhooks"] = runtime
     try:
         runtime.ensure_schema()

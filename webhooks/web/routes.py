@@ -16,10 +16,12 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.wsgi import get_input_stream
 
 from adapters import REGISTRY
-from adapters.base import PlatformAdapter
+from adapters.base import PlatformSpec
+from adapters.request import Headers, SignedRequest
 from webhooks.core.errors import (
     PARSE_FAILURES,
     BodyTooLargeError,
+    ConvertWebhooksError,
     PayloadError,
     RequestBodyError,
     SignatureError,
@@ -27,8 +29,15 @@ from webhooks.core.errors import (
     UnstorableError,
 )
 from webhooks.core.logs import describe
+from webhooks.core.observe import IngestSeen
 from webhooks.core.settings import SourceSettings
-from webhooks.storage.ingest import UNREADABLE_TOPIC, Delivery, ingest, store_rejected
+from webhooks.storage.ingest import (
+    UNREADABLE_TOPIC,
+    Delivery,
+    IngestOutcome,
+    ingest,
+    store_rejected,
+)
 from webhooks.wiring.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,11 +75,45 @@ def receive(source_name: str) -> tuple[Response, int]:
     source = rt.settings.sources.get(source_name)
     if source is None:
         return jsonify(error=_unknown_source(source_name)), 404
+    began = rt.clock.monotonic()
+    status = "error"
+    kinds: tuple[str, ...] = ()
+    try:
+        outcome = _receive(rt, source)
+        status, kinds = outcome.status, tuple(str(e["kind"]) for e in outcome.events)
+    except ConvertWebhooksError as exc:
+        status = _OBSERVED_AS.get(type(exc), "error")
+        raise
+    finally:
+        seen = IngestSeen(source.name, status, kinds, rt.clock.monotonic() - began)
+        try:
+            rt.observer.ingest(seen)
+        except Exception as exc:  # an observer never changes the answer
+            log.warning("observer failed: %s", describe(exc))
+    reply = REGISTRY[source.platform].answer(outcome.as_json())
+    if isinstance(reply.body, bytes):
+        return Response(reply.body, content_type=reply.content_type), reply.status
+    return jsonify(reply.body), reply.status
+
+
+# How the observer hears of a request that did not end in a stored delivery.
+_OBSERVED_AS: dict[type[ConvertWebhooksError], str] = {
+    SignatureError: "refused",
+    PayloadError: "rejected",
+    UnstorableError: "rejected",
+    RequestBodyError: "unreadable",
+    BodyTooLargeError: "too_large",
+    StorageError: "unavailable",
+}
+
+
+def _receive(rt: Runtime, source: SourceSettings) -> IngestOutcome:
     raw = read_body(rt.settings.max_body_bytes)
     headers = {name.lower(): value for name, value in request.headers.items()}
     adapter = REGISTRY[source.platform]
     now = rt.clock.now()
-    _verify(adapter, source, headers, raw, now)
+    # The URL as configured for the source, never rebuilt from Host: a sender controls that.
+    _verify(adapter, source, SignedRequest(request.method, source.url, Headers(headers), raw), now)
     try:
         result = adapter.parse(headers, raw)
     except (PayloadError, *PARSE_FAILURES) as exc:
@@ -93,7 +136,7 @@ def receive(source_name: str) -> tuple[Response, int]:
         outcome.delivery_id,
         ",".join(e["kind"] for e in outcome.events) or "-",
     )
-    return jsonify(outcome.as_json()), 200
+    return outcome
 
 
 def _unknown_source(name: str) -> str:
@@ -132,16 +175,12 @@ def read_body(limit: int) -> bytes:
 
 
 def _verify(
-    adapter: PlatformAdapter,
-    source: SourceSettings,
-    headers: dict[str, str],
-    raw: bytes,
-    now: float,
+    adapter: PlatformSpec, source: SourceSettings, signed: SignedRequest, now: float
 ) -> None:
     """Raise SignatureError (401) unless the request is signed; nothing unauthenticated can
     make anything else happen (a crash in a header parser is a refusal too)."""
     try:
-        adapter.verify(headers, raw, source, now)
+        adapter.verify(signed, source, now)
     except SignatureError as exc:
         log.info("source=%s: signature refused: %s", source.name, describe(exc))
         raise

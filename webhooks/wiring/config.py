@@ -13,9 +13,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import (
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
-from adapters import PLATFORMS
+from adapters import REGISTRY
 from webhooks.core.errors import ConfigError
 from webhooks.core.events import SENDABLE_KINDS, EventKind
 from webhooks.core.settings import (
@@ -39,6 +48,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${NAME} or
 # trailing newline (which went into the Convert URL as %0A).
 _DIGITS = validate.Regexp(r"\A[0-9]{1,20}\Z", error="must be ASCII digits only")
 MIN_SECRET_LENGTH = 16
+DEFAULT_TOLERANCE_SECONDS = 300
 # The secrets config/example.toml falls back to: fine for a dry run, never for real sending.
 EXAMPLE_SECRETS = frozenset({"whsec_example_secret", "shpss_example_secret"})
 
@@ -85,17 +95,75 @@ class _GoalsSchema(_Strict):
     )
 
 
-class _SourceSchema(_Strict):
-    platform = fields.String(required=True, validate=validate.OneOf(PLATFORMS))
+def _as_dict(messages: Any) -> dict[str, Any]:
+    return messages if isinstance(messages, dict) else {"_schema": messages}
+
+
+def _known_platform(value: str) -> None:
+    # Read at load time, not import time: the registry is the one list of platforms.
+    if value not in REGISTRY:
+        raise ValidationError(f"Must be one of: {', '.join(sorted(REGISTRY))}.")
+
+
+class _SourceSchema(Schema):
+    """The keys every source has; any other key belongs to the platform and is validated by
+    its spec's options schema (a platform without one takes no other key)."""
+
+    class Meta:
+        unknown = INCLUDE  # handed to the platform's options schema below, never kept as is
+
+    platform = fields.String(required=True, validate=_known_platform)
     secrets = fields.List(
         fields.String(validate=_secret),
         required=True,
         validate=validate.Length(min=1, error="needs at least one secret"),
     )
-    tolerance_seconds = fields.Integer(load_default=300, validate=validate.Range(min=1))
+    # None: the platform scheme's own window (Stripe style: 300 s, Paddle style: 5 s).
+    tolerance_seconds = fields.Integer(load_default=None, validate=validate.Range(min=1))
     allow_test_events = fields.Boolean(load_default=False)
     experiments_key = fields.String(load_default="convert_experiments")
     revenue = fields.String(load_default="total", validate=validate.OneOf(REVENUE_BASES))
+    # The URL the platform calls, for schemes that sign it (required for those).
+    url = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"\Ahttps?://\S+\Z", error="must be an http(s) URL"),
+    )
+
+    def _options(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if k not in self.load_fields}
+
+    @validates_schema(skip_on_field_errors=False)
+    def _check_platform_keys(self, data: Mapping[str, Any], **_: Any) -> None:
+        """The platform's options and the secrets' format, named by their dotted keys."""
+        spec = REGISTRY.get(data.get("platform", ""))
+        problems: dict[str, Any] = {}
+        extra = self._options(data)
+        if spec is None or spec.options is None:
+            problems.update({key: ["Unknown field."] for key in extra})
+        else:
+            try:
+                spec.options(unknown=RAISE).load(extra)
+            except ValidationError as exc:
+                problems.update(_as_dict(exc.messages))
+        if spec is not None:
+            bad = {
+                i: [problem]
+                for i, secret in enumerate(data.get("secrets") or ())
+                if (problem := spec.scheme.secret_problem(secret))
+            }
+            if bad:
+                problems["secrets"] = bad
+            if spec.scheme.needs_url and data.get("url") is None:
+                problems["url"] = ["is required: this platform signs the URL it calls"]
+        if problems:
+            raise ValidationError(problems)
+
+    @post_load
+    def _split_options(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        spec = REGISTRY[data["platform"]]
+        loaded = spec.options(unknown=RAISE).load(self._options(data)) if spec.options else {}
+        common = {k: v for k, v in data.items() if k in self.load_fields}
+        return {**common, "options": loaded}
 
 
 class _AttributionSchema(_Strict):
@@ -262,6 +330,14 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _tolerance(source: Mapping[str, Any]) -> int:
+    """The configured window, else the scheme's; 300 s for a scheme without one (unused)."""
+    if source["tolerance_seconds"] is not None:
+        tolerance: int = source["tolerance_seconds"]
+        return tolerance
+    return REGISTRY[source["platform"]].scheme.window_seconds or DEFAULT_TOLERANCE_SECONDS
+
+
 def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     convert = data["convert"]
     goals = {
@@ -274,10 +350,12 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             name=name,
             platform=s["platform"],
             secrets=tuple(s["secrets"]),
-            tolerance_seconds=s["tolerance_seconds"],
+            tolerance_seconds=_tolerance(s),
             allow_test_events=s["allow_test_events"],
             experiments_key=s["experiments_key"],
             revenue=s["revenue"],
+            url=s["url"],
+            options=s["options"],
         )
         for name, s in data["sources"].items()
     }
