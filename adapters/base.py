@@ -88,15 +88,3 @@ class PlatformSpec:
         """SignatureError unless `request` is signed with one of the source's secrets; the
         source's `tolerance_seconds` is the window of a timestamped scheme."""
         self.scheme.verify(request, settings.secrets, now, settings.tolerance_seconds)
-
-
-@dataclass(frozen=True)
-class PlatformAdapter:
-    """A platform given as two plain functions, answered like every platform. Tests wrap a
-    real platform's parse this way (`PlatformAdapter("stripe", stripe.verify, broken_parse)`);
-    the routes call `verify`, `parse` and `answer` on either form alike."""
-
-    platform: str
-    verify: Callable[[SignedRequest, VerifySettings, float], None]
-    parse: Parse
-    answer: Answer = json_reply

@@ -327,5 +327,3 @@ SAMPLE = Sample(
     },
 )
 SPEC = PlatformSpec(platform, SCHEME, parse, SAMPLE)
-ADAPTER = SPEC  # the earlier name, still used by tests
-verify = SPEC.verify  # verify(request, settings, now), for tests that wrap a platform

@@ -285,5 +285,3 @@ EVENT_HANDLERS: Mapping[str, Callable[[dict[str, Any], _Context], NormalizedEven
 
 # The sample: Stripe CLI's checkout.session.completed (tests/fixtures/stripe/SOURCES.md [A]).
 SPEC = PlatformSpec(platform, SCHEME, parse, Sample("checkout_session_completed.json"))
-ADAPTER = SPEC  # the earlier name, still used by tests
-verify = SPEC.verify  # verify(request, settings, now), for tests that wrap a platform

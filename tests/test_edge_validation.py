@@ -336,17 +336,17 @@ def test_an_email_that_cannot_be_encoded_gives_no_digest_instead_of_a_crash() ->
     assert email_digest("a@" + "b" * 400) is None
     assert email_digest(EMAIL) is not None
     event = stripe_event("payment_intent_succeeded", receipt_email="\ud800@example.com")
-    (purchase,) = stripe.ADAPTER.parse({}, body(event)).events
+    (purchase,) = stripe.SPEC.parse({}, body(event)).events
     assert purchase.email_digest is None
 
 
 def test_unknown_stripe_event_type_reason_names_a_safe_type() -> None:
     event = stripe_event("payment_intent_succeeded")
     event["type"] = "customer.created"
-    assert stripe.ADAPTER.parse({}, body(event)).reason == "this event type is not used"
+    assert stripe.SPEC.parse({}, body(event)).reason == "this event type is not used"
     event["type"] = "customer created"  # a space: not a Stripe event type
     with pytest.raises(PayloadError, match="'type'"):
-        stripe.ADAPTER.parse({}, body(event))
+        stripe.SPEC.parse({}, body(event))
 
 
 # --- the central checks: no adapter, present or future, can skip them -----------------------
@@ -594,7 +594,7 @@ def test_any_json_value_anywhere_in_a_stripe_event_is_storable_or_a_payload_erro
     name: str,
 ) -> None:
     event = fixture("stripe", name)
-    assert_storable(stripe.ADAPTER.parse({}, body(event)))
+    assert_storable(stripe.SPEC.parse({}, body(event)))
     outcomes: Counter[str] = Counter()
 
     @PARSE_PROPERTY
@@ -602,7 +602,7 @@ def test_any_json_value_anywhere_in_a_stripe_event_is_storable_or_a_payload_erro
     def check(changes: list[tuple[Any, Any]]) -> None:
         raw = json.dumps(substituted(event, changes)).encode()
         try:
-            result = stripe.ADAPTER.parse({}, raw)
+            result = stripe.SPEC.parse({}, raw)
         except PayloadError:
             outcomes["refused"] += 1
             return
@@ -621,7 +621,7 @@ def test_any_json_value_anywhere_in_a_shopify_body_is_storable_or_a_payload_erro
     payload = fixture("shopify", name)
     if name.startswith("orders"):
         payload["financial_status"] = "paid"  # reach the purchase mapping, not the unpaid exit
-    assert_storable(shopify.ADAPTER.parse({"x-shopify-topic": topic}, body(payload)))
+    assert_storable(shopify.SPEC.parse({"x-shopify-topic": topic}, body(payload)))
     outcomes: Counter[str] = Counter()
 
     @PARSE_PROPERTY
@@ -629,7 +629,7 @@ def test_any_json_value_anywhere_in_a_shopify_body_is_storable_or_a_payload_erro
     def check(changes: list[tuple[Any, Any]]) -> None:
         raw = json.dumps(substituted(payload, changes)).encode()
         try:
-            result = shopify.ADAPTER.parse({"x-shopify-topic": topic}, raw)
+            result = shopify.SPEC.parse({"x-shopify-topic": topic}, raw)
         except PayloadError:
             outcomes["refused"] += 1
             return
@@ -653,7 +653,7 @@ def test_any_shopify_topic_or_event_id_header_is_storable_or_a_payload_error(
 ) -> None:
     headers = {"x-shopify-topic": topic, "x-shopify-event-id": event_id}
     try:
-        result = shopify.ADAPTER.parse(headers, body(paid_order()))
+        result = shopify.SPEC.parse(headers, body(paid_order()))
     except PayloadError:
         return
     assert_storable(result)
@@ -705,7 +705,7 @@ def test_signed_hostile_deliveries_get_the_answer_their_parse_gives(
     event["id"] = f"evt_prop_{uuid.uuid4().hex}"  # each example a new delivery
     raw = body(event)
     response = edge.post_stripe(event)
-    assert_answer_matches_parse(edge, response, raw, lambda: stripe.ADAPTER.parse({}, raw))
+    assert_answer_matches_parse(edge, response, raw, lambda: stripe.SPEC.parse({}, raw))
     topic = data.draw(st.sampled_from(sorted(SHOPIFY_TOPICS)))
     # The topic's own body, or a paid order replayed under it (only the body is signed).
     own = fixture("shopify", SHOPIFY_TOPICS[topic])
@@ -717,7 +717,7 @@ def test_signed_hostile_deliveries_get_the_answer_their_parse_gives(
     event_id = uuid.uuid4().hex
     headers = {"x-shopify-topic": topic, "x-shopify-event-id": event_id}
     response = edge.post_shopify(topic, shop_body, event_id=event_id)
-    assert_answer_matches_parse(edge, response, raw, lambda: shopify.ADAPTER.parse(headers, raw))
+    assert_answer_matches_parse(edge, response, raw, lambda: shopify.SPEC.parse(headers, raw))
 
 
 def test_attribute_bounds_at_each_cap_plus_or_minus_one() -> None:

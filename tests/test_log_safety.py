@@ -11,6 +11,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ import pytest
 from sqlalchemy import select
 
 from adapters import REGISTRY, stripe
-from adapters.base import PlatformAdapter
 from tests.config_file import config_document, write_config
 from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
@@ -97,10 +97,17 @@ def test_client_errors_log_one_line_without_traceback(
     svc.client.post("/webhooks/stripe", data=b"{}", headers={"Stripe-Signature": "t=\u00b2"})
     svc.client.post("/webhooks/stripe", data=b"{}")  # 401
 
-    def crashing_verify(*_args: Any) -> None:
-        int("\u00b2")  # what a header parser with a bug raises
+    class CrashingScheme:
+        """Stripe's scheme with a bug in its header parser."""
 
-    broken = PlatformAdapter("stripe", crashing_verify, stripe.parse)
+        window_seconds, signs_body, needs_url = 300, True, False
+        sign = stripe.SCHEME.sign
+        secret_problem = stripe.SCHEME.secret_problem
+
+        def verify(self, *_args: Any) -> None:
+            int("\u00b2")  # what a header parser with a bug raises
+
+    broken = replace(stripe.SPEC, scheme=CrashingScheme())
     monkeypatch.setitem(REGISTRY, "stripe", broken)  # type: ignore[arg-type]
     response = svc.post_stripe(stripe_event("payment_intent_succeeded"))
     assert response.status_code == 401  # never verified, so never anything else
@@ -108,7 +115,7 @@ def test_client_errors_log_one_line_without_traceback(
     assert "Traceback" not in text and "invalid literal" not in text
     lines = [line for line in text.splitlines() if "webhooks.web.routes" in line]
     assert len(lines) == 4  # one per request
-    assert "signature check failed: ValueError at webhooks/web/routes.py" in lines[-1]
+    assert "signature check failed: ValueError at adapters/base.py" in lines[-1]
 
 
 def test_a_bug_is_a_json_500_with_one_log_line(
@@ -117,7 +124,7 @@ def test_a_bug_is_a_json_500_with_one_log_line(
     def parse(_headers: Any, _raw: bytes) -> ParseResult:
         raise RuntimeError(MARKER)
 
-    monkeypatch.setitem(REGISTRY, "stripe", PlatformAdapter("stripe", stripe.verify, parse))  # type: ignore[arg-type]
+    monkeypatch.setitem(REGISTRY, "stripe", replace(stripe.SPEC, parse=parse))  # type: ignore[arg-type]
     response = svc.post_stripe(stripe_event("payment_intent_succeeded"))
     assert (response.status_code, response.json) == (500, {"error": "internal error"})
     text = log_output.getvalue()

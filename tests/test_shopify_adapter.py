@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from adapters.request import SignedRequest
-from adapters.shopify import ADAPTER
+from adapters.shopify import SPEC
 from tests.payloads import body, experiments, fixture, shopify_order
 from tests.signing import shopify_hmac
 from webhooks.core.errors import PayloadError, SignatureError
@@ -29,7 +29,7 @@ RAW = body(paid_order())
 
 
 def verify(headers: dict[str, str], raw: bytes = RAW) -> None:
-    ADAPTER.verify(SignedRequest.post(raw, headers), SETTINGS, 0)
+    SPEC.verify(SignedRequest.post(raw, headers), SETTINGS, 0)
 
 
 def test_hmac_with_any_configured_secret_passes() -> None:
@@ -59,7 +59,7 @@ def test_changed_body_is_rejected() -> None:
 
 def parse(topic: str, payload: dict[str, object], event_id: str = "ev-1"):  # type: ignore[no-untyped-def]
     headers = {"x-shopify-topic": topic, "x-shopify-event-id": event_id}
-    return ADAPTER.parse(headers, body(payload))
+    return SPEC.parse(headers, body(payload))
 
 
 def test_orders_paid_is_a_purchase_with_total_item_count_and_attributes() -> None:
@@ -80,7 +80,7 @@ def test_orders_paid_is_a_purchase_with_total_item_count_and_attributes() -> Non
 def test_order_id_beyond_float_precision_is_kept_exactly() -> None:
     big = 2**63 - 1
     raw = body(paid_order(id=0)).replace(b'"id": 0', f'"id": {big}'.encode(), 1)
-    result = ADAPTER.parse({"x-shopify-topic": "orders/paid"}, raw)
+    result = SPEC.parse({"x-shopify-topic": "orders/paid"}, raw)
     assert result.events[0].order_id == str(big)
 
 
@@ -128,7 +128,7 @@ def test_shop_redact_and_data_request_are_answered_without_events() -> None:
 
 def test_delivery_key_falls_back_to_webhook_id() -> None:
     headers = {"x-shopify-topic": "orders/paid", "x-shopify-webhook-id": "wh-9"}
-    assert ADAPTER.parse(headers, RAW).delivery_key == "orders/paid:webhook:wh-9"
+    assert SPEC.parse(headers, RAW).delivery_key == "orders/paid:webhook:wh-9"
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_delivery_key_falls_back_to_webhook_id() -> None:
 def test_malformed_deliveries_raise_payload_error(topic: str | None, raw: bytes) -> None:
     headers = {"x-shopify-topic": topic} if topic else {}
     with pytest.raises(PayloadError):
-        ADAPTER.parse(headers, raw)
+        SPEC.parse(headers, raw)
 
 
 # --- the unsigned topic header: each topic's body must have that topic's shape ------------
@@ -246,7 +246,7 @@ def test_order_values_out_of_bounds_are_payload_errors(changes: dict[str, Any], 
 )
 def test_unsigned_headers_must_fit_their_columns(headers: dict[str, str], message: str) -> None:
     with pytest.raises(PayloadError, match=message):
-        ADAPTER.parse(headers, RAW)
+        SPEC.parse(headers, RAW)
 
 
 def test_unused_topic_reason_is_printable_ascii() -> None:
@@ -336,10 +336,10 @@ def test_a_signed_body_replayed_under_any_other_topic_is_refused_or_the_same_ord
     headers = {"x-shopify-topic": header_topic, "x-shopify-event-id": "replayed"}
     if {body_topic, header_topic} != ORDER_TOPICS:
         with pytest.raises(PayloadError, match=f"not a {header_topic} body"):
-            ADAPTER.parse(headers, raw)
+            SPEC.parse(headers, raw)
         return
-    replayed = ADAPTER.parse(headers, raw)
-    original = ADAPTER.parse({**headers, "x-shopify-topic": body_topic}, raw)
+    replayed = SPEC.parse(headers, raw)
+    original = SPEC.parse({**headers, "x-shopify-topic": body_topic}, raw)
     (event,) = replayed.events
     (same,) = original.events
     assert (event.kind, event.order_id, event.amounts) == (same.kind, same.order_id, same.amounts)

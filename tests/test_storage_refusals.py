@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from adapters import REGISTRY, stripe
-from adapters.base import PlatformAdapter
+from adapters.base import PlatformSpec
 from tests.conftest import Service
 from tests.payloads import body, experiments, shopify_order, stripe_event
 from webhooks.core.errors import StorageError, UnstorableError
@@ -147,9 +147,9 @@ def test_two_delivery_keys_sharing_255_characters_are_two_deliveries(
         assert [d.delivery_key for d in rows(any_db_service, deliveries)] == [LONG_A, LONG_B]
 
 
-def refusing_stripe(**event_changes: Any) -> PlatformAdapter:
-    """Stripe's adapter with a parser that lets an unstorable value through (a missed check)."""
-    real = stripe.ADAPTER
+def refusing_stripe(**event_changes: Any) -> PlatformSpec:
+    """Stripe's spec with a parser that lets an unstorable value through (a missed check)."""
+    real = stripe.SPEC
 
     def parse(headers: Any, raw: bytes) -> ParseResult:
         result = real.parse(headers, raw)
@@ -157,7 +157,7 @@ def refusing_stripe(**event_changes: Any) -> PlatformAdapter:
         parsed: ParseResult = unchecked(result, events=(event,))
         return parsed
 
-    return PlatformAdapter("stripe", real.verify, parse)
+    return replace(real, parse=parse)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_unstorable_topic_is_kept_under_a_placeholder(
         parsed: ParseResult = unchecked(real.parse(headers, raw), topic="t\udc80\n" * 100)
         return parsed
 
-    monkeypatch.setitem(REGISTRY, "stripe", PlatformAdapter("stripe", real.verify, parse))  # type: ignore[arg-type]
+    monkeypatch.setitem(REGISTRY, "stripe", replace(real, parse=parse))  # type: ignore[arg-type]
     response = any_db_service.post_stripe(stripe_event("payment_intent_succeeded"))
     assert response.status_code == 400
     (kept,) = rows(any_db_service, deliveries)
@@ -322,7 +322,7 @@ def test_replay_whose_parser_crashes_or_storage_refuses_is_a_clear_error(
         return json.loads(b"{")  # type: ignore[no-any-return]  # a parser bug: ValueError
 
     real = REGISTRY["stripe"]
-    monkeypatch.setitem(REGISTRY, "stripe", PlatformAdapter("stripe", real.verify, crash))  # type: ignore[arg-type]
+    monkeypatch.setitem(REGISTRY, "stripe", replace(real, parse=crash))  # type: ignore[arg-type]
     with pytest.raises(ReplayError, match="unreadable payload"):
         replay_delivery(engine, settings, kept.id, 0.0)
     monkeypatch.setitem(REGISTRY, "stripe", refusing_stripe(item_count=2**63))  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.request import SignedRequest
-from adapters.stripe import ADAPTER
+from adapters.stripe import SPEC
 from tests.payloads import body, stripe_event
 from tests.signing import stripe_signature_header
 from webhooks.core.errors import PayloadError, SignatureError
@@ -25,7 +25,7 @@ RAW = body(stripe_event("checkout_session_completed"))
 
 def verify(header: str | None, raw: bytes = RAW, now: float = NOW) -> None:
     headers = {} if header is None else {"Stripe-Signature": header}
-    ADAPTER.verify(SignedRequest.post(raw, headers), SETTINGS, now)
+    SPEC.verify(SignedRequest.post(raw, headers), SETTINGS, now)
 
 
 def test_valid_signature_with_any_configured_secret_passes() -> None:
@@ -82,7 +82,7 @@ def test_timestamp_at_window_edge_is_accepted(offset: int) -> None:
 
 
 def parse(event: dict[str, object]):  # type: ignore[no-untyped-def]
-    return ADAPTER.parse({}, body(event))
+    return SPEC.parse({}, body(event))
 
 
 def test_checkout_session_completed_paid_is_a_purchase_keyed_by_payment_intent() -> None:
@@ -215,7 +215,7 @@ def test_unused_event_type_is_ignored_with_reason() -> None:
 )
 def test_malformed_bodies_raise_payload_error(raw: bytes) -> None:
     with pytest.raises(PayloadError):
-        ADAPTER.parse({}, raw)
+        SPEC.parse({}, raw)
 
 
 # --- Stripe-Signature on unauthenticated input: every malformed header is a SignatureError --
