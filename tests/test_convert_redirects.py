@@ -14,6 +14,7 @@ from sqlalchemy import select
 from tests.conftest import Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import stripe_event
+from webhooks.convert.http import MAX_REDIRECTS
 from webhooks.storage.schema import events
 
 PATH = "/track/?c=1111&p=2222&e=100-200&g=100%2C101&ga=2&t=100%7C{pi}%7C10.99%7C1"
@@ -79,3 +80,22 @@ def test_a_redirect_to_an_answer_that_refuses_ends_as_that_answer(
     row = event_row(service, pi)
     assert (row.state, row.reason) == ("dead", "Convert answered HTTP 404 for pair 100-200")
     assert recorder.arrived_paths() == [PATH.format(pi=pi), "/gone/"]
+
+
+def test_a_redirect_loop_is_cut_short_and_permanent(
+    service: Service, recorder: ConvertRecorder
+) -> None:
+    """A loop is not followed 30 times on every try, nor retried as a network error (which
+    would also pause all sending as an outage): a few redirects, then dead with the reason."""
+    pi = purchase(service)
+    for _ in range(MAX_REDIRECTS + 3):
+        recorder.answer_next(302, headers={"Location": "/loop/"})
+    assert service.drain() == 1
+    row = event_row(service, pi)
+    assert (row.state, row.reason_code, row.reason) == (
+        "dead",
+        "convert_rejected",
+        f"Convert answered more than {MAX_REDIRECTS} redirects for pair 100-200",
+    )
+    assert len(recorder.requests) == MAX_REDIRECTS + 1
+    assert service.runtime.dispatcher.outage_rounds == 0

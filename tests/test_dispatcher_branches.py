@@ -3,7 +3,7 @@ posts, `drain`, `run_once`) with the clock patched and Convert played by the loc
 - the revision guard: experiment data that arrives while a round that found none runs;
 - the no-goals skip, at ingest and when the goals change between ingest and dispatch;
 - the outage breaker's pause cap, over many failed rounds and under a huge Retry-After;
-- a retry count past what a float power of two can hold (a known bug, marked xfail).
+- a retry count past what a float power of two can hold (was a bug: the event died).
 Only public behaviour is read: answers, the events table, what Convert received."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.payloads import experiments, shopify_order, stripe_event
 from webhooks.storage.schema import events
 
 PURCHASE_GOALS = "g=100%2C101&ga=2&t=100"  # tests/config_file.py: conversion 100,101; txn 100
-NO_PURCHASE_GOALS = {"purchase": {"conversion": [], "transaction": []}}
+NO_PURCHASE_GOALS: dict[str, Any] = {"purchase": {"conversion": [], "transaction": []}}
 UNREACHABLE = "http://127.0.0.1:9/track/"  # nothing listens on the discard port: refused at once
 # README "Retries": Convert's Retry-After is honoured for at most 1 h; without one the pause
 # doubles from 1 s to 8 s. (Literal values: the tests must not import the delivery layer.)
@@ -159,7 +159,7 @@ def test_the_outage_pause_never_passes_its_cap_however_many_rounds_fail(
     """Past 1,024 failed rounds a doubling pause computed as a float would overflow; the
     pause stays at 8 s and the probes go on. Convert is refused at once (nothing listens),
     so a round costs milliseconds. Three events share the probes, so none reaches the retry
-    count of the xfail test below."""
+    count of the many-attempts test below."""
     svc = make_service(
         sqlite_url,
         convert={"account_id": "1111", "project_id": "2222", "endpoint": UNREACHABLE},
@@ -215,12 +215,6 @@ def test_a_huge_retry_after_pauses_the_breaker_for_an_hour_at_most_and_only_once
 # --- a retry count past a float's range -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: RetryPolicy.delay computes base * 2 ** (attempts - 1) as a float, which "
-    "overflows from 1,025 attempts (a single pending event probed every 8 s through an outage "
-    "of about 2.3 h gets there); the event then dies as internal_error instead of retrying",
-)
 def test_an_event_with_many_attempts_is_still_retried_not_dead(
     service: Service, recorder: ConvertRecorder
 ) -> None:

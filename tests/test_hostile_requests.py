@@ -67,7 +67,7 @@ def test_any_method_on_any_path_is_a_clear_answer(service: Service, method: str,
     if method == "HEAD" or response.status_code == 200:
         assert response.data == b""
     else:
-        assert response.is_json and list(response.json) == ["error"]
+        assert response.is_json and list(response.json or {}) == ["error"]
     assert stored(service) == []
 
 
@@ -203,7 +203,7 @@ def test_signed_request_with_odd_headers_is_never_5xx(
     (kept,) = stored(any_db_service)  # stored either way: accepted or rejected
     assert kept.body == data
     if error is None:
-        assert (response.status_code, response.json["status"]) == (200, "accepted")
+        assert (response.status_code, (response.json or {}).get("status")) == (200, "accepted")
         assert (kept.status, kept.topic, kept.delivery_key) == (
             "accepted",
             "orders/paid",

@@ -23,6 +23,9 @@ MAX_BODY_BYTES = 64 * 1024  # Convert answers a few bytes; more is read no furth
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _DELTA_SECONDS = re.compile(r"\A[0-9]+\Z")  # ASCII digits only: int() also reads "٣"
 _DELTA_DIGITS = 12  # more significant digits than this is far beyond the cap anyway
+# Redirects are followed (Convert may move its endpoint), a few at most: a loop is a broken
+# endpoint, answered as permanent rather than retried (each try would cost a chain of requests).
+MAX_REDIRECTS = 5
 
 
 class Sender:
@@ -39,6 +42,7 @@ class Sender:
         # looks for proxies and ~/.netrc on every request (a third of a send's CPU time).
         self.session.proxies = dict(urllib.request.getproxies())
         self.session.trust_env = False
+        self.session.max_redirects = MAX_REDIRECTS
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
@@ -48,6 +52,8 @@ class Sender:
             # Streamed, so the body is read only up to a cap (a huge or endless answer must
             # neither fill memory nor hold the round).
             response = self.session.get(url, timeout=self.timeout, stream=True)
+        except requests.TooManyRedirects:
+            return HitResult(Outcome.PERMANENT, None, f"more than {MAX_REDIRECTS} redirects")
         except requests.RequestException as exc:
             return HitResult(Outcome.RETRY, None, f"{type(exc).__name__}: network error")
         try:

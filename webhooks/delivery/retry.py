@@ -25,7 +25,10 @@ class RetryPolicy:
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Seconds before the next try after `attempts` failed tries (equal jitter: half fixed,
         half random, so workers retrying together spread out but never retry at once)."""
-        ceiling = min(self.max_delay_seconds, self.base_seconds * 2 ** max(attempts - 1, 0))
+        # The exponent is capped: 2.0 ** 1024 overflows, and an event probed through a long
+        # outage (one every few seconds) gets there. 2 ** 64 is past any max_delay anyway.
+        doublings = min(max(attempts - 1, 0), 64)
+        ceiling = min(self.max_delay_seconds, self.base_seconds * 2**doublings)
         uniform = rng.uniform if rng else random.uniform
         return float(ceiling / 2 + uniform(0, ceiling / 2))
 
