@@ -130,10 +130,17 @@ def test_events_list_show_and_replay_dead(
     assert main(["--config", config, "events", "--state", "dead"]) == 0
     listing = capsys.readouterr().out
     assert "dead" in listing and "Convert answered HTTP 404" in listing
+    (row,) = [line for line in listing.splitlines() if line.lstrip().startswith("1 ")]
+    assert " plain " in row  # the format the pairs were found in
 
     assert main(["--config", config, "events", "show", "1"]) == 0
     detail = json.loads(capsys.readouterr().out)
     assert detail["event"]["state"] == "dead"
+    assert (
+        detail["event"]["attributed_from"],
+        detail["event"]["attribution_format"],
+        detail["event"]["visitor_id"],
+    ) == ("order attribute 'convert_experiments'", "plain", None)
     assert detail["sends"][0]["format"] == "legacy_get"
     assert detail["sends"][0]["payload"].startswith(recorder.base_url)
     assert [a["status_code"] for a in detail["attempts"]] == [404]

@@ -134,8 +134,8 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
     make_v1(db_url)
     before = snapshot(db_url)
     engine = make_engine(db_url)
-    assert migrate(engine) == len(MIGRATIONS) == 3
-    assert versions(db_url) == [1, 2, 3]
+    assert migrate(engine) == len(MIGRATIONS) == 4
+    assert versions(db_url) == [1, 2, 3, 4]
     assert snapshot(db_url) == before
     with engine.connect() as conn:
         inspector = inspect(conn)
@@ -153,8 +153,8 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
             ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=1-2"),
             ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=3-4"),
         ]
-    assert migrate(engine) == 3  # a second run is a no-op
-    assert versions(db_url) == [1, 2, 3]
+    assert migrate(engine) == 4  # a second run is a no-op
+    assert versions(db_url) == [1, 2, 3, 4]
     assert snapshot(db_url) == before
     engine.dispose()
 
@@ -203,7 +203,7 @@ def test_processes_migrating_at_once_are_safe(db_url: str, starting_from: str) -
     results = [process.communicate(timeout=60) for process in processes]
     assert [
         (p.returncode, out.strip()) for p, (out, _) in zip(processes, results, strict=True)
-    ] == [(0, "3")] * 3, [err for _, err in results]
-    assert versions(db_url) == [1, 2, 3]
+    ] == [(0, "4")] * 3, [err for _, err in results]
+    assert versions(db_url) == [1, 2, 3, 4]
     if starting_from == "version 1":
         assert snapshot(db_url) == before

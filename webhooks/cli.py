@@ -143,10 +143,11 @@ def _events(args: argparse.Namespace) -> int:
     rows = list_events(runtime.engine, args.state, args.source, args.limit, args.order)
     _print_table(
         [("id", 6, ">"), ("state", 8, "<"), ("kind", 21, "<"), ("source", 12, "<")]
-        + [("order", 40, "<"), ("amount", 20, ">"), ("tries", 5, ">"), ("reason", 0, "<")],
+        + [("order", 40, "<"), ("amount", 20, ">"), ("tries", 5, ">"), ("pairs from", 18, "<")]
+        + [("reason", 0, "<")],
         (
             (r.id, r.state, r.kind, r.source, r.order_id, f"{r.amount} {r.currency}")
-            + (r.attempts, r.reason or "")
+            + (r.attempts, r.attribution_format or "-", r.reason or "")
             for r in rows
         ),
     )

@@ -18,12 +18,13 @@ from webhooks.core.events import EventKind
 from webhooks.core.hits import Hit, Purchase
 from webhooks.core.settings import Settings
 from webhooks.core.states import EventState, Reason
-from webhooks.storage.queue import Finish
+from webhooks.storage.queue import Attributed, Finish
 
 
 @dataclass(frozen=True)
 class Planned:
     hits: list[Hit]
+    attributed: Attributed
     note: str | None = None  # said with the event's final state (e.g. pairs left out)
 
 
@@ -71,7 +72,8 @@ class Planner:
                 EventState.SKIPPED, Reason.NO_GOALS, f"no Convert goals configured for {row.kind}"
             )
         purchase = Purchase(row.id, row.order_id, Decimal(row.amount), row.item_count)
-        return Planned(self.client.hits(goals, purchase, answer.pairs), answer.note)
+        attributed = Attributed(answer.place, answer.format, answer.visitor_id)
+        return Planned(self.client.hits(goals, purchase, answer.pairs), attributed, answer.note)
 
 
 def subject_of(row: Row[Any]) -> Subject:

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine, Row
@@ -188,7 +188,9 @@ class Round:
             if isinstance(plan, Planned):
                 if row.id in sent.unknown:
                     continue  # an outcome is not known: leave it leased (see run)
-                plan = self._decide_safely(row, plan.hits, plan.note, claim, sent, now)
+                decided = self._decide_safely(row, plan.hits, plan.note, claim, sent, now)
+                finishes.append((row, replace(decided, attributed=plan.attributed)))
+                continue
             finishes.append((row, plan))
         return finishes
 

@@ -4,13 +4,20 @@ losing stored data; `migrate` is safe to run from several processes at once."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, insert, inspect, select, text
 
 from webhooks.core.hits import HitFormat
 from webhooks.storage.database import is_postgres, transaction
-from webhooks.storage.schema import V2_COLUMNS, V2_INDEXES, metadata, readiness, schema_version
+from webhooks.storage.schema import (
+    V2_COLUMNS,
+    V2_INDEXES,
+    V4_COLUMNS,
+    metadata,
+    readiness,
+    schema_version,
+)
 
 
 def _create_v1(conn: Connection) -> None:
@@ -23,14 +30,7 @@ def _v2_customer_refs_readiness_pruning(conn: Connection) -> None:
     Written to run on a version-1 database and on one that `_create_v1` just made from the
     current metadata (which already has everything): each part checks before it adds.
     """
-    inspector = inspect(conn)
-    for table, columns in V2_COLUMNS.items():
-        present = {c["name"] for c in inspector.get_columns(table)}
-        for name in columns:
-            if name not in present:
-                column = metadata.tables[table].c[name]
-                kind = column.type.compile(conn.dialect)
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+    _add_columns(conn, V2_COLUMNS)
     readiness.create(conn, checkfirst=True)
     for each in metadata.sorted_tables:
         for index in each.indexes:
@@ -53,10 +53,28 @@ def _v3_send_format_and_payload(conn: Connection) -> None:
         )
 
 
+def _v4_attribution_on_events(conn: Connection) -> None:
+    """Each event records where its experiment pairs were found and the visitor id."""
+    _add_columns(conn, V4_COLUMNS)
+
+
+def _add_columns(conn: Connection, added: Mapping[str, Sequence[str]]) -> None:
+    """Add the columns (nullable, as in the metadata) a table does not have yet."""
+    inspector = inspect(conn)
+    for table, columns in added.items():
+        present = {c["name"] for c in inspector.get_columns(table)}
+        for name in columns:
+            if name not in present:
+                column = metadata.tables[table].c[name]
+                kind = column.type.compile(conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _create_v1,
     _v2_customer_refs_readiness_pruning,
     _v3_send_format_and_payload,
+    _v4_attribution_on_events,
 )
 
 

@@ -27,6 +27,15 @@ from webhooks.storage.schema import events, sends
 
 
 @dataclass(frozen=True)
+class Attributed:
+    """Where an event's experiment pairs were found."""
+
+    place: str  # e.g. "order attribute 'convert_experiments'"
+    format: str  # e.g. "plain"
+    visitor_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Finish:
     """How a claimed event leaves the dispatcher."""
 
@@ -36,6 +45,7 @@ class Finish:
     next_attempt_at: float | None = None
     attempted: bool = False  # Convert requests were made in this round
     only_if_revision: int | None = None  # skip the update if new data arrived meanwhile
+    attributed: Attributed | None = None  # None: not attributed (yet)
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ _FINISH_EVENT = text(
     "UPDATE events SET state = :state, reason_code = :reason_code, reason = :reason,"
     " next_attempt_at = COALESCE(:next_attempt_at, next_attempt_at),"
     " attempts = attempts + :increment, lease_owner = NULL, lease_until = NULL,"
+    " attributed_from = :place, attribution_format = :format, visitor_id = :visitor_id,"
     " updated_at = :now WHERE id = :id AND lease_owner = :owner"
 )
 
@@ -183,6 +194,7 @@ def finish_events(
                     "reason": done.reason,
                     "next_attempt_at": done.next_attempt_at,
                     "increment": int(done.attempted),
+                    **_attribution(done),
                 }
                 for row, done in plain
             ],
@@ -190,6 +202,15 @@ def finish_events(
     for row, done in finishes:
         if done.only_if_revision is not None:
             _finish_unless_revised(conn, owner, now, row, done)
+
+
+def _attribution(done: Finish) -> dict[str, str | None]:
+    found = done.attributed
+    return {
+        "place": found.place if found else None,
+        "format": found.format if found else None,
+        "visitor_id": found.visitor_id if found else None,
+    }
 
 
 def _send_row(outcome: SendOutcome, now: float) -> dict[str, Any]:
@@ -213,11 +234,19 @@ def _finish_unless_revised(
     held = and_(events.c.id == row.id, events.c.lease_owner == owner)
     released = {"lease_owner": None, "lease_until": None, "updated_at": now}
     due = {} if done.next_attempt_at is None else {"next_attempt_at": done.next_attempt_at}
+    found = done.attributed
     updated = conn.execute(
         update(events)
         .where(held, events.c.revision == done.only_if_revision)
         .values(
-            state=done.state, reason_code=done.reason_code, reason=done.reason, **due, **released
+            state=done.state,
+            reason_code=done.reason_code,
+            reason=done.reason,
+            attributed_from=found.place if found else None,
+            attribution_format=found.format if found else None,
+            visitor_id=found.visitor_id if found else None,
+            **due,
+            **released,
         )
     ).rowcount
     if not updated:

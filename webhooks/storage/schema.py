@@ -93,6 +93,11 @@ events = Table(
     Column("lease_owner", String(64)),
     Column("lease_until", Float),
     Column("updated_at", Float, nullable=False),
+    # Where the experiment pairs were found (the place, the format) and the Convert visitor id
+    # when that place gave one; set by the dispatcher. Version 4.
+    Column("attributed_from", String(255)),
+    Column("attribution_format", String(32)),
+    Column("visitor_id", String(255)),
     UniqueConstraint("project_id", "platform", "order_id", "kind", name="uq_business"),
 )
 Index("ix_events_due", events.c.state, events.c.next_attempt_at)
@@ -140,8 +145,9 @@ readiness = Table(
     Column("checked_at", Float, nullable=False),
 )
 
-# Columns each migration adds to a table that already existed (see database.MIGRATIONS).
+# Columns each migration adds to a table that already existed (see migrations.MIGRATIONS).
 V2_COLUMNS = {"deliveries": ("customer_id", "email_digest")}
+V4_COLUMNS = {"events": ("attributed_from", "attribution_format", "visitor_id")}
 V2_INDEXES = (
     "ix_deliveries_received",
     "ix_deliveries_customer",
