@@ -14,11 +14,14 @@ counts only when the body itself shows it paid (PAID_STATUSES), whatever the top
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from adapters.base import PlatformSpec, Sample
 from adapters.payload import (
@@ -193,7 +196,7 @@ def _order_event(order: dict[str, Any]) -> NormalizedEvent:
         item_count=quantity_sum(_list(order.get("line_items")), "line_items[].quantity"),
         test_mode=order.get("test") is True,
         occurred_at=_timestamp(order.get("processed_at") or order.get("created_at")),
-        attributes=_note_attributes(order.get("note_attributes")),
+        attributes=_order_attributes(order),
         customer_id=optional_id(customer, "id"),
         email_digest=email_digest(email),
         raw=order,
@@ -271,6 +274,19 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _order_attributes(order: Mapping[str, Any]) -> dict[str, str]:
+    """Cart attributes, then the line items' properties (a storefront may write the pairs on
+    a line); a cart attribute wins over a property of the same name, an earlier line over a
+    later one. Bounded like every attribute map."""
+    notes = _note_attributes(order.get("note_attributes"))
+    merged: dict[str, object] = dict(notes)
+    for line in _list(order.get("line_items")):
+        if isinstance(line, dict):
+            for name, value in _note_attributes(line.get("properties")).items():
+                merged.setdefault(name, value)
+    return bounded_attributes(merged.items())
+
+
 def _note_attributes(value: object) -> dict[str, str]:
     """Cart attributes (buyer-controlled), bounded like every attribute map. Integer values
     are kept as their decimal text; other non-string values are dropped."""
@@ -326,4 +342,58 @@ SAMPLE = Sample(
         "X-Shopify-Event-Id": "98880550-7158-44d4-b7cd-2c97c8a091b5",  # the same on retries
     },
 )
-SPEC = PlatformSpec(platform, SCHEME, parse, SAMPLE)
+
+# --- options: Admin API access for the customer metafield -----------------------------------
+
+# A supported stable version (shopify.dev/docs/api/usage/versioning: four a year, each kept
+# twelve months); an expired one is served as the oldest supported, so this ages gracefully.
+API_VERSION = "2025-10"
+METAFIELD_NAMESPACE = "convert"
+METAFIELD_KEY = "experiments"
+# The shop's own domain, never a custom one: the Admin API lives only on *.myshopify.com.
+SHOP_DOMAIN = re.compile(r"\A[a-z0-9][a-z0-9-]{0,99}\.myshopify\.com\Z", re.ASCII)
+# Metafield namespaces and keys: 2..255 characters of letters, digits, '-' and '_'
+# (shopify.dev/docs/apps/build/custom-data/metafields); "$app" namespaces too.
+_METAFIELD_NAME = r"\A(?:\$app:?)?[A-Za-z0-9_-]{2,255}\Z"
+
+
+class Options(Schema):
+    """`sources.<name>` keys of a Shopify source. No defaults are filled in here (a source
+    without them loads as {}); the customer lookup applies the constants above."""
+
+    # Put `${SHOPIFY_ADMIN_TOKEN}` in the file (custom app, scope read_customers).
+    admin_token = fields.String(
+        validate=validate.Regexp(r"\A[\x21-\x7e]{8,255}\Z", error="must be an Admin API token")
+    )
+    api_version = fields.String(
+        validate=validate.Regexp(
+            r"\A(?:20[0-9]{2}-(?:01|04|07|10)|unstable)\Z",
+            error="must be a Shopify API version such as 2025-10",
+        )
+    )
+    metafield_namespace = fields.String(
+        validate=validate.Regexp(_METAFIELD_NAME, error="must be a metafield namespace")
+    )
+    metafield_key = fields.String(
+        validate=validate.Regexp(_METAFIELD_NAME, error="must be a metafield key")
+    )
+    # The store the token belongs to (the X-Shopify-Shop-Domain of its deliveries).
+    shop_domain = fields.String(
+        validate=validate.Regexp(SHOP_DOMAIN, error="must be the shop's *.myshopify.com domain")
+    )
+    # Overrides https://{shop_domain} (tests, proxies).
+    api_base = fields.String(
+        validate=validate.Regexp(
+            r"\Ahttps?://[^\s/?#]+(?:/[^\s?#]*)?\Z", error="must be an http(s) URL"
+        )
+    )
+
+    @validates_schema
+    def _complete(self, data: Mapping[str, Any], **_: Any) -> None:
+        if data and "admin_token" not in data:
+            raise ValidationError("is required to read customer metafields", "admin_token")
+        if "admin_token" in data and not ("shop_domain" in data or "api_base" in data):
+            raise ValidationError("or api_base is required with admin_token", "shop_domain")
+
+
+SPEC = PlatformSpec(platform, SCHEME, parse, SAMPLE, options=Options)

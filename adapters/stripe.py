@@ -8,9 +8,12 @@ is the source's `tolerance_seconds` (300 by default, as in Stripe's libraries), 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from adapters.base import PlatformSpec, Sample
 from adapters.payload import (
@@ -167,9 +170,19 @@ def _checkout_session(session: dict[str, Any], ctx: _Context) -> NormalizedEvent
         session,
         amounts=amounts,
         item_count=_line_item_count(session.get("line_items")),
-        attributes=string_map(session.get("metadata")),
+        attributes=_session_attributes(session),
         email_digest=email_digest(email or session.get("customer_email")),
     )
+
+
+def _session_attributes(session: Mapping[str, Any]) -> dict[str, str]:
+    """The session's metadata, and its `client_reference_id` (a shop may put the experiment
+    pairs or Convert's visitor data there) unless the metadata has a key of that name."""
+    reference = session.get("client_reference_id")
+    entries: list[tuple[object, object]] = list(string_map(session.get("metadata")).items())
+    if isinstance(reference, str) and reference:
+        entries.append(("client_reference_id", reference))
+    return bounded_attributes(entries)
 
 
 def _payment_intent(intent: dict[str, Any], ctx: _Context) -> NormalizedEvent | str:
@@ -283,5 +296,35 @@ EVENT_HANDLERS: Mapping[str, Callable[[dict[str, Any], _Context], NormalizedEven
     "refund.created": _refund,
 }
 
+# --- options: the API credentials for the customer record and Checkout line items ---------
+
+API_BASE = "https://api.stripe.com"  # used when `api_base` is not set
+# Secret (sk_) or, better, restricted (rk_) keys: docs.stripe.com/keys. A restricted key with
+# read access to Customers and Checkout Sessions is all the service needs.
+_API_KEY = re.compile(r"\A(?:rk|sk)_(?:test|live)_[0-9A-Za-z]{8,247}\Z", re.ASCII)
+
+
+class Options(Schema):
+    """`sources.<name>` keys of a Stripe source. No defaults are filled in, so a source without
+    them loads as {}; the customer lookup applies API_BASE."""
+
+    # Put `${STRIPE_API_KEY}` in the file: the loader reads it from the environment.
+    api_key = fields.String(
+        validate=validate.Regexp(_API_KEY, error="must be a Stripe rk_ or sk_ (test/live) key")
+    )
+    api_base = fields.String(
+        validate=validate.Regexp(
+            r"\Ahttps?://[^\s/?#]+(?:/[^\s?#]*)?\Z", error="must be an http(s) URL"
+        )
+    )
+
+    @validates_schema
+    def _base_needs_key(self, data: Mapping[str, Any], **_: Any) -> None:
+        if "api_base" in data and "api_key" not in data:
+            raise ValidationError("is required when api_base is set", "api_key")
+
+
 # The sample: Stripe CLI's checkout.session.completed (tests/fixtures/stripe/SOURCES.md [A]).
-SPEC = PlatformSpec(platform, SCHEME, parse, Sample("checkout_session_completed.json"))
+SPEC = PlatformSpec(
+    platform, SCHEME, parse, Sample("checkout_session_completed.json"), options=Options
+)

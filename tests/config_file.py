@@ -25,6 +25,9 @@ def config_document(db_url: str, endpoint: str, **sections: Any) -> dict[str, An
         },
         "database": {"url": db_url, "busy_timeout_ms": 2000},
         "dispatcher": {"retry_base_seconds": 10, "retry_max_delay_seconds": 3600},
+        # Most tests are not about late data: an event without pairs settles at once. The
+        # late-data tests (tests/test_late_data.py) use the default grace period.
+        "attribution": {"grace_seconds": 0},
     }
     for section, values in sections.items():
         if isinstance(values, dict) and isinstance(doc.get(section), dict):

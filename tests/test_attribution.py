@@ -3,11 +3,14 @@ attribute), so it is read in linear time, with ASCII digit ids, and capped per o
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhooks.attribution.chain import Absent, Subject
+from webhooks.attribution.chain import Absent, Found, Subject
 from webhooks.attribution.order import OrderAttributes
 from webhooks.attribution.pairs import MAX_VALUE_CHARS, from_attributes
 from webhooks.core.states import Reason
@@ -144,3 +147,150 @@ def test_a_value_of_the_cap_plus_or_minus_one(length: int, pairs: tuple[str, ...
     result = from_attributes({KEY: value}, KEY)
     assert result.pairs == pairs
     assert (result.note is None) == (length < MAX_VALUE_CHARS)
+
+
+# --- the order lookup: the configured key, then Convert's own attribute names ---------------
+
+APP_DATA = {
+    "visitorId": "1738012108903-0.269766",
+    "bucketing": [{"experienceId": "100341351", "variationId": "1003177123", "goals": []}],
+    "accountId": "1111",
+    "projectId": "2222",
+}
+CONV_ATTRS = {"cid": "1111", "pid": "2222", "vid": "77-0.5", "exps": ["5"], "vars": ["6"]}
+COOKIE = "vi:1*sc:2*exp:{7.{v.8-g.{}}}*ps:1"
+
+
+def b64(data: object) -> str:
+    return base64.b64encode(json.dumps(data).encode()).decode()
+
+
+def order_lookup(key: str = KEY) -> OrderAttributes:
+    return OrderAttributes(lambda source: key, 20, account_id="1111", project_id="2222")
+
+
+def subject(attributes: dict[str, str]) -> Subject:
+    return Subject(1, "shop", "shopify", "1", None, None, attributes)
+
+
+EVERYWHERE = {
+    KEY: "1-2",
+    "__data": b64(APP_DATA),
+    "_conv_attrs": json.dumps(CONV_ATTRS),
+    "_conv_v": COOKIE,
+}
+
+
+@pytest.mark.parametrize(
+    ("absent", "found"),
+    [
+        ((), Found(("1-2",), f"order attribute '{KEY}'", "plain")),
+        (
+            (KEY,),
+            Found(
+                ("100341351-1003177123",),
+                "order attribute '__data'",
+                "shopify_app_data",
+                visitor_id="1738012108903-0.269766",
+            ),
+        ),
+        (
+            (KEY, "__data"),
+            Found(("5-6",), "order attribute '_conv_attrs'", "conv_attrs", visitor_id="77-0.5"),
+        ),
+        (
+            (KEY, "__data", "_conv_attrs"),
+            Found(("7-8",), "order attribute '_conv_v'", "conv_v_cookie"),
+        ),
+    ],
+)
+def test_the_first_place_with_pairs_wins_in_a_fixed_order(
+    absent: tuple[str, ...], found: Found
+) -> None:
+    attributes = {k: v for k, v in EVERYWHERE.items() if k not in absent}
+    assert order_lookup().find(subject(attributes)) == found
+
+
+@pytest.mark.parametrize(
+    ("value", "format", "visitor_id"),
+    [
+        ('[{"experienceId": "1", "variationId": "2"}]', "json", None),
+        ('{"1": "2"}', "json", None),
+        ('{"visitorId": "v-1", "bucketing": [{"experienceId": 1, "variationId": 2}]}',
+         "visitor_data", "v-1"),
+        (b64({"visitorId": "v-1", "bucketing": [{"experienceId": 1, "variationId": 2}]}),
+         "shopify_app_data", "v-1"),
+        ('{"vid": "v-1", "exps": [1], "vars": [2]}', "conv_attrs", "v-1"),
+        ("vi:v-1*exp:{1.{v.2-g.{}}}", "conv_v_cookie", "v-1"),
+        ("vi%3Av-1%2Aexp%3A%7B1.%7Bv.2-g.%7B%7D%7D%7D", "conv_v_cookie", "v-1"),
+        (" 1-2 ", "plain", None),
+    ],
+)
+def test_the_configured_key_may_hold_any_format(
+    value: str, format: str, visitor_id: str | None
+) -> None:
+    assert order_lookup().find(subject({KEY: value})) == Found(
+        ("1-2",), f"order attribute '{KEY}'", format, visitor_id=visitor_id
+    )
+
+
+def test_malformed_data_in_an_earlier_place_does_not_hide_pairs_in_a_later_one() -> None:
+    attributes = {KEY: "1-x", "__data": "not base64!", "_conv_v": COOKIE}
+    assert order_lookup().find(subject(attributes)) == Found(
+        ("7-8",), "order attribute '_conv_v'", "conv_v_cookie"
+    )
+
+
+def test_with_no_pairs_malformed_data_is_named_with_its_place_and_format() -> None:
+    attributes = {
+        KEY: "1-x",
+        "__data": b64({**APP_DATA, "accountId": "9"}),
+        "_conv_attrs": '{"exps": [1], "vars": []}',
+        "_conv_v": "vi:1*exp:{}",  # well-formed, no experiment: not malformed
+    }
+    assert order_lookup().find(subject(attributes)) == Absent(
+        Reason.MALFORMED_EXPERIMENT_DATA,
+        f"'{KEY}' holds no valid EXP-VAR pair (ids must be digits); '__data' holds no valid"
+        " shopify_app_data: it belongs to Convert account 9 ('accountId'), not the configured"
+        " 1111; '_conv_attrs' holds no valid conv_attrs: 'exps' and 'vars' differ in length",
+    )
+
+
+def test_with_nothing_anywhere_every_place_looked_at_is_named() -> None:
+    assert order_lookup().find(subject({"other": "1-2", KEY: "  "})) == Absent(
+        Reason.NO_EXPERIMENT_DATA,
+        f"no '{KEY}', '__data', '_conv_attrs' or '_conv_v' attribute on the order",
+    )
+    empty = {"__data": b64({**APP_DATA, "bucketing": []}), "_conv_v": "vi:1*exp:{}"}
+    assert order_lookup().find(subject(empty)) == Absent(
+        Reason.NO_EXPERIMENT_DATA,
+        f"no '{KEY}' or '_conv_attrs' attribute on the order; '__data' names no experiment"
+        " (shopify_app_data); '_conv_v' names no experiment (conv_v_cookie)",
+    )
+
+
+def test_a_configured_key_that_is_a_convert_name_is_read_once() -> None:
+    lookup = order_lookup("_conv_v")
+    assert [name for name, _ in lookup.places("shop")] == [
+        "_conv_v",
+        "__data",
+        "_conv_attrs",
+        "client_reference_id",  # read when present, not named when absent
+    ]
+    assert lookup.find(subject({"_conv_v": COOKIE})) == Found(
+        ("7-8",), "order attribute '_conv_v'", "conv_v_cookie"
+    )
+    assert lookup.find(subject({})) == Absent(
+        Reason.NO_EXPERIMENT_DATA, "no '_conv_v', '__data' or '_conv_attrs' attribute on the order"
+    )
+
+
+def test_without_a_configured_project_convert_data_is_not_compared() -> None:
+    other = b64({**APP_DATA, "accountId": "9", "projectId": "8"})
+    unchecked = OrderAttributes(lambda source: KEY, 20)
+    assert unchecked.find(subject({"__data": other})) == Found(
+        ("100341351-1003177123",),
+        "order attribute '__data'",
+        "shopify_app_data",
+        visitor_id="1738012108903-0.269766",
+    )

@@ -114,7 +114,8 @@ def test_the_order_lookup_reads_the_sources_key_and_says_where() -> None:
     )
     other = Subject(2, "shop", "shopify", "1", None, None, {"ab_tests": "1-2"})
     assert lookup.find(other) == Absent(
-        Reason.NO_EXPERIMENT_DATA, "no 'convert_experiments' attribute on the order"
+        Reason.NO_EXPERIMENT_DATA,
+        "no 'convert_experiments', '__data', '_conv_attrs' or '_conv_v' attribute on the order",
     )
 
 
@@ -175,4 +176,37 @@ def test_a_not_yet_does_not_hide_data_that_arrived_during_the_round(service: Ser
         EventState.PENDING,
         rt.clock.now(),
         None,
+    )
+
+
+def test_a_not_yet_that_lasts_past_the_retry_horizon_ends_the_wait(service: Service) -> None:
+    """A platform API that keeps failing (a revoked key) does not keep the event pending for
+    ever: past the retry horizon it is dead with the reason, and replayable."""
+    assert service.post_stripe(live_payment()).json["events"][0]["state"] == "pending"
+    rt = service.runtime
+    horizon = rt.settings.dispatcher.retry_horizon_seconds
+    waiting = Dispatcher(
+        rt.engine,
+        rt.settings,
+        rt.client,
+        rt.clock,
+        chain=Chain([Fixed(NotYet(rt.clock.now() + 10**9, "customer API answered 401"))]),
+    )
+    try:
+        service.clock.advance(horizon - 1)
+        assert waiting.run_once() == 1
+        with rt.engine.connect() as conn:
+            assert conn.execute(select(events.c.state)).scalar_one() == "pending"
+        with rt.engine.begin() as conn:  # due again now
+            conn.execute(update(events).values(next_attempt_at=rt.clock.now()))
+        service.clock.advance(1)
+        assert waiting.run_once() == 1
+    finally:
+        waiting.stop(timeout=1)
+    with rt.engine.connect() as conn:
+        row = conn.execute(select(events)).one()
+    assert (row.state, row.reason_code, row.reason) == (
+        "dead",
+        "retries_exhausted",
+        "gave up waiting for the experiment data: customer API answered 401",
     )

@@ -1,9 +1,10 @@
-"""Schema migrations: a version-1 database with data becomes version 2 without losing a row
-(SQLite and PostgreSQL), a second migration is a no-op, and processes migrating at once are
-safe. The version-1 schema is the DDL version 1 created (tests/fixtures/schema_v1/)."""
+"""Schema migrations: a version-1 database with data becomes the newest version without losing
+a row (SQLite and PostgreSQL), a second migration is a no-op, and processes migrating at once
+are safe. The version-1 schema is the DDL version 1 created (tests/fixtures/schema_v1/)."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests.payloads import stripe_event
 from webhooks.storage.database import make_engine
+from webhooks.storage.digests import keyed_digest, rekey_email_digests
 from webhooks.storage.migrations import MIGRATIONS, migrate
 from webhooks.storage.schema import V2_INDEXES
 
@@ -134,8 +136,8 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
     make_v1(db_url)
     before = snapshot(db_url)
     engine = make_engine(db_url)
-    assert migrate(engine) == len(MIGRATIONS) == 4
-    assert versions(db_url) == [1, 2, 3, 4]
+    assert migrate(engine) == len(MIGRATIONS) == 5
+    assert versions(db_url) == [1, 2, 3, 4, 5]
     assert snapshot(db_url) == before
     with engine.connect() as conn:
         inspector = inspect(conn)
@@ -143,6 +145,12 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
             c["name"] for c in inspector.get_columns("deliveries")
         }
         assert inspector.has_table("readiness")
+        # Version 5: the exposure store (empty) and the storage settings table.
+        assert inspector.has_table("exposures") and inspector.has_table("storage_settings")
+        assert {"ix_exposures_customer", "ix_exposures_email"} <= {
+            i["name"] for i in inspector.get_indexes("exposures")
+        }
+        assert conn.execute(text("SELECT count(*) FROM exposures")).scalar() == 0
         indexes = {i["name"] for t in V1_TABLES for i in inspector.get_indexes(t)}
         assert set(V2_INDEXES) <= indexes
         added = conn.execute(text("SELECT customer_id, email_digest FROM deliveries")).all()
@@ -153,8 +161,8 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
             ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=1-2"),
             ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=3-4"),
         ]
-    assert migrate(engine) == 4  # a second run is a no-op
-    assert versions(db_url) == [1, 2, 3, 4]
+    assert migrate(engine) == 5  # a second run is a no-op
+    assert versions(db_url) == [1, 2, 3, 4, 5]
     assert snapshot(db_url) == before
     engine.dispose()
 
@@ -203,7 +211,99 @@ def test_processes_migrating_at_once_are_safe(db_url: str, starting_from: str) -
     results = [process.communicate(timeout=60) for process in processes]
     assert [
         (p.returncode, out.strip()) for p, (out, _) in zip(processes, results, strict=True)
-    ] == [(0, "4")] * 3, [err for _, err in results]
-    assert versions(db_url) == [1, 2, 3, 4]
+    ] == [(0, "5")] * 3, [err for _, err in results]
+    assert versions(db_url) == [1, 2, 3, 4, 5]
     if starting_from == "version 1":
         assert snapshot(db_url) == before
+
+
+def migrate_to(url: str, version: int) -> None:
+    """Run the steps up to `version` on a version-1 database, as the code of that version
+    did (the versions after it do not exist yet)."""
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for number, step in enumerate(MIGRATIONS[1:version], start=2):
+            step(conn)
+            conn.execute(
+                text("INSERT INTO schema_version (version, applied_at) VALUES (:v, 0)"),
+                {"v": number},
+            )
+    engine.dispose()
+
+
+BUYER = "Buyer@Example.com "
+PLAIN = hashlib.sha256(BUYER.strip().lower().encode()).hexdigest()
+EMAIL_KEY = b"k" * 40
+
+
+def digests(url: str) -> dict[str, list[Any]]:
+    engine = raw_engine(url)
+    with engine.connect() as conn:
+        found = {
+            table: [
+                row[0]
+                for row in conn.execute(text(f"SELECT email_digest FROM {table} ORDER BY id"))
+            ]
+            for table in ("deliveries", "events")
+        }
+    engine.dispose()
+    return found
+
+
+def test_version_4_digests_are_rekeyed_once_with_the_configured_key(db_url: str) -> None:
+    """Plain SHA-256 digests stored by version 4 become HMAC(key, plain) at start-up; a second
+    start (or a second process) changes nothing; the done mark names the key, not its value."""
+    make_v1(db_url)
+    migrate_to(db_url, 4)
+    assert versions(db_url) == [1, 2, 3, 4]
+    engine = raw_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE deliveries SET email_digest = :d WHERE id = 1"), {"d": PLAIN})
+        conn.execute(text("UPDATE events SET email_digest = :d WHERE id = 1"), {"d": PLAIN})
+    engine.dispose()
+    assert digests(db_url) == {"deliveries": [PLAIN, None, None], "events": [PLAIN, "ab12"]}
+
+    store = make_engine(db_url)
+    assert migrate(store) == 5
+    assert rekey_email_digests(store, EMAIL_KEY, 1_800_000_000.0) == 3
+    keyed = keyed_digest(EMAIL_KEY, PLAIN)
+    assert keyed.startswith("k:") and len(keyed) == 64 and PLAIN not in keyed
+    # "ab12" is no real digest (written by hand?): keyed all the same, nothing stays plain.
+    assert digests(db_url) == {
+        "deliveries": [keyed, None, None],
+        "events": [keyed, keyed_digest(EMAIL_KEY, "ab12")],
+    }
+    assert rekey_email_digests(store, EMAIL_KEY, 1_800_000_001.0) == 0
+    assert digests(db_url)["events"][0] == keyed
+    # Marked done for this key: a later start does not scan the tables again (a plain digest
+    # written since, by hand here, stays; every ingest with the key writes keyed ones).
+    with store.begin() as conn:
+        conn.execute(text("UPDATE events SET email_digest = :d WHERE id = 2"), {"d": PLAIN})
+    assert rekey_email_digests(store, EMAIL_KEY, 1_800_000_002.0) == 0
+    assert digests(db_url)["events"][1] == PLAIN
+    with store.connect() as conn:
+        marks = conn.execute(text("SELECT name, value FROM storage_settings")).all()
+    assert [(name, len(value)) for name, value in marks] == [("email_digest_key", 16)]
+    assert EMAIL_KEY.decode() not in marks[0][1]
+    store.dispose()
+
+
+def test_rekeying_resumes_row_by_row_and_a_new_key_is_noticed(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop half-way (some rows keyed, no done mark) resumes without keying a keyed row
+    twice; a different key later re-keys only rows still plain and says the key changed."""
+    make_v1(sqlite_url)
+    store = make_engine(sqlite_url)
+    migrate(store)
+    half = keyed_digest(EMAIL_KEY, PLAIN)
+    with store.begin() as conn:
+        conn.execute(text("UPDATE deliveries SET email_digest = :d WHERE id = 1"), {"d": half})
+        conn.execute(text("UPDATE events SET email_digest = :d WHERE id = 1"), {"d": PLAIN})
+    assert rekey_email_digests(store, EMAIL_KEY, 1.0) == 2  # events 1 and 2, not deliveries 1
+    assert digests(sqlite_url)["deliveries"][0] == half
+    assert digests(sqlite_url)["events"][0] == half
+    with caplog.at_level("ERROR"):
+        assert rekey_email_digests(store, b"z" * 40, 2.0) == 0
+    assert "privacy.email_key differs" in caplog.text
+    store.dispose()

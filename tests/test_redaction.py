@@ -13,7 +13,7 @@ from sqlalchemy import select
 from tests.conftest import Service
 from tests.payloads import body, experiments, fixture, shopify_order, stripe_event
 from webhooks.storage.ingest import addresses_in
-from webhooks.storage.schema import deliveries, events
+from webhooks.storage.schema import deliveries, events, exposures
 
 CUSTOMER = 191167  # tests/fixtures/shopify/customers_redact.json
 EMAIL = "John.Doe@example.com"  # the redaction names it in lower case: found in any case
@@ -129,3 +129,84 @@ def test_redaction_request_addresses_are_read_from_any_field() -> None:
     request = body({"customer": {"id": 1, "email": " a@b.co "}, "note": "x", "n": [{"e": "c@d"}]})
     assert sorted(addresses_in(request)) == ["a@b.co", "c@d"]
     assert addresses_in(b"not json") == ()
+
+
+EXPOSURE_TOKEN = "expo_token_0123456789abcdef"
+
+
+def exposure_rows(service: Service) -> list[tuple[str, str, bool]]:
+    with service.runtime.engine.connect() as conn:
+        rows = conn.execute(select(exposures).order_by(exposures.c.id))
+        return [(r.source, r.customer_id, bool(r.email_digest)) for r in rows]
+
+
+def report_exposure(service: Service, **customer: Any) -> None:
+    answer = service.client.post(
+        "/api/exposures",
+        json={"pairs": ["100-1"], "exposed_at": "2026-01-01T00:00:00Z", **customer},
+        headers={"Authorization": f"Bearer {EXPOSURE_TOKEN}"},
+    )
+    assert answer.status_code == 201, answer.json
+
+
+def test_customers_redact_erases_the_customers_exposures(make_service: Any, db_url: str) -> None:
+    """By their customer id in this source, by the address their orders carry, and by the
+    address the redaction names (it may differ: the customer changed it); nothing of another
+    customer, nor the same id in another source."""
+    svc: Service = make_service(
+        db_url,
+        exposures={"tokens": [EXPOSURE_TOKEN]},
+        privacy={"email_key": "email-digest-key-for-tests-0123456789"},
+    )
+    svc.post_shopify("orders/paid", order_of(CUSTOMER, EMAIL, 5001), event_id="w1")
+    report_exposure(svc, source="shop", customer_id=str(CUSTOMER))
+    report_exposure(svc, email=EMAIL)  # as the order has it
+    report_exposure(svc, email=" NEW@example.com")  # as the redaction names it
+    kept = [
+        ("shop", "42", False),
+        ("stripe", str(CUSTOMER), False),
+        ("", "", True),
+    ]
+    report_exposure(svc, source="shop", customer_id="42")
+    report_exposure(svc, source="stripe", customer_id=str(CUSTOMER))
+    report_exposure(svc, email="x" + EMAIL)
+    assert len(exposure_rows(svc)) == 6
+
+    request = redaction()
+    request["customer"]["email"] = "new@example.com"
+    answer = svc.post_shopify("customers/redact", request, event_id="r1")
+    assert (answer.status_code, answer.json["status"]) == (200, "ignored")
+    assert exposure_rows(svc) == kept
+
+
+def test_customers_redact_through_the_route_erases_exposures_by_customer_id(
+    make_service: Any, sqlite_url: str
+) -> None:
+    svc: Service = make_service(
+        sqlite_url,
+        exposures={"tokens": [EXPOSURE_TOKEN]},
+        privacy={"email_key": "email-digest-key-for-tests-0123456789"},
+    )
+    report_exposure(svc, source="shop", customer_id=str(CUSTOMER))
+    report_exposure(svc, source="shop", customer_id="42")
+    assert svc.post_shopify("customers/redact", redaction(), event_id="r1").status_code == 200
+    assert exposure_rows(svc) == [("shop", "42", False)]
+
+
+def test_shop_redact_erases_the_exposures_reported_for_that_source(service: Service) -> None:
+    svc = service
+    with svc.runtime.engine.begin() as conn:
+        for source, customer, digest in [("shop", "1", ""), ("stripe", "1", ""), ("", "", "k:1")]:
+            conn.execute(
+                exposures.insert().values(
+                    source=source,
+                    customer_id=customer,
+                    email_digest=digest,
+                    experiment_id="1",
+                    variation_id="2",
+                    exposed_at=1.0,
+                    recorded_at=1.0,
+                )
+            )
+    assert svc.post_shopify("shop/redact", fixture("shopify", "shop_redact")).status_code == 200
+    assert exposure_rows(svc) == [("stripe", "1", False), ("", "", True)]

@@ -1,5 +1,5 @@
 """The `convert-webhooks` command: check-config, events, deliveries, replay, dispatch, migrate,
-prune.
+prune, exposures.
 
 Every value read from the database is escaped before it reaches the terminal (a sender chose
 many of them: an ANSI escape sequence in an event type must not drive the operator's
@@ -9,26 +9,39 @@ terminal), and table columns keep their width whatever the values hold.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import signal
 import sys
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from adapters.payload import email_digest
 from webhooks.core.errors import ConvertWebhooksError
 from webhooks.core.logs import configure_logging, escape
 from webhooks.core.settings import MIN_KEEP_DAYS, Settings
 from webhooks.core.states import DeliveryStatus, EventState
 from webhooks.storage.clock import SystemClock
+from webhooks.storage.digests import keyed_digest
+from webhooks.storage.exposures import (
+    customer_filter,
+    forget_exposures,
+    read_exposures,
+    store_in,
+)
+from webhooks.storage.ingest import checked_transaction
 from webhooks.storage.migrations import migrate
 from webhooks.storage.records import event_detail, list_deliveries, list_events
 from webhooks.storage.retention import PruneCounts, horizon, prune
 from webhooks.wiring.config import load_settings
+from webhooks.wiring.exposures import field_messages, read_row
 from webhooks.wiring.replay import replay_delivery, resend_events
 from webhooks.wiring.runtime import Runtime, build_runtime
 
@@ -94,6 +107,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
     pr.set_defaults(handler=_prune)
+
+    ex = sub.add_parser("exposures", help="import, list or forget stored exposures")
+    ex_sub = ex.add_subparsers(dest="exposures_action", required=True)
+    imp = ex_sub.add_parser(
+        "import",
+        help="load a CSV (header: source,customer_id,email,visitor_id,pairs,exposed_at): "
+        "every row is checked first, then all are stored in one transaction, or none",
+    )
+    imp.add_argument("file", type=Path)
+    imp.set_defaults(handler=_exposures_import)
+    for name, handler, text in (
+        ("list", _exposures_list, "a customer's exposures"),
+        ("forget", _exposures_forget, "delete a customer's exposures (privacy requests)"),
+    ):
+        each = ex_sub.add_parser(name, help=text)
+        each.add_argument("--source")
+        each.add_argument("--customer", help="the platform's customer id (with --source)")
+        each.add_argument("--email")
+        each.set_defaults(handler=handler)
     return parser
 
 
@@ -125,6 +157,10 @@ def _check_config(args: argparse.Namespace) -> int:
         f"  convert: account {settings.convert.account_id}, project "
         f"{settings.convert.project_id}, {mode}"
     )
+    tokens = len(settings.exposures.tokens)
+    api = f"on, {tokens} token(s)" if tokens else "off (no exposures.tokens)"
+    keyed = "keyed" if settings.privacy.email_key else "plain SHA-256 (no privacy.email_key)"
+    print(f"  exposure API: {api}; email digests: {keyed}")
     return 0
 
 
@@ -217,6 +253,128 @@ def _prune(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     print(_prune_summary(counts, days, horizon(now, days), args.dry_run))
+    return 0
+
+
+MAX_ROW_ERRORS = 50  # bad rows reported; a file that bad needs fixing, not a longer list
+PROGRESS_EVERY = 1000
+_CSV_COLUMNS = ("source", "customer_id", "email", "visitor_id", "pairs", "exposed_at")
+
+
+def _exposures_import(args: argparse.Namespace) -> int:
+    """Two passes over the file: check every row (nothing kept in memory), then store them
+    all in one transaction (a bad row or a failure stores nothing)."""
+    settings = _settings(args)
+    now = time.time()
+    bad, total = _check_rows(args.file, settings, now)
+    if bad:
+        print(f"error: {bad} bad row(s); nothing imported", file=sys.stderr)
+        return 1
+    if total == 0:
+        print("nothing to import: the file has no rows")
+        return 0
+    runtime = _runtime(args)
+    try:
+        with checked_transaction(runtime.engine) as conn:
+            new = known = 0
+            for done, (_, record) in enumerate(_records(args.file, settings, now), start=1):
+                stored = store_in(conn, [record], now)
+                new, known = new + stored.stored, known + stored.known
+                if done % PROGRESS_EVERY == 0 or done == total:
+                    print(f"stored {done}/{total} rows", file=sys.stderr, flush=True)
+    finally:
+        runtime.close()
+    print(f"imported {total} row(s): {new} new pair(s), {known} already known")
+    return 0
+
+
+def _check_rows(path: Path, settings: Settings, now: float) -> tuple[int, int]:
+    """(bad rows, rows): each bad row reported with its line number and fields."""
+    bad = total = 0
+    for line, record in _records(path, settings, now, strict=False):
+        total += 1
+        if isinstance(record, dict):
+            bad += 1
+            if bad <= MAX_ROW_ERRORS:
+                problems = "; ".join(f"{k}: {v}" for k, v in sorted(record.items()))
+                print(escape(f"line {line}: {problems}"), file=sys.stderr)
+        if total % PROGRESS_EVERY == 0:
+            print(f"checked {total} rows", file=sys.stderr, flush=True)
+    if bad > MAX_ROW_ERRORS:
+        print(f"... and {bad - MAX_ROW_ERRORS} more bad row(s)", file=sys.stderr)
+    return bad, total
+
+
+def _records(
+    path: Path, settings: Settings, now: float, strict: bool = True
+) -> Iterator[tuple[int, Any]]:
+    """(line number, record) per row; with strict=False a bad row gives its messages (a
+    dict) instead of raising."""
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConvertWebhooksError(f"cannot read {path}: {exc.strerror}") from exc
+    with handle:
+        reader = csv.DictReader(handle)
+        try:
+            names = set(reader.fieldnames or ())
+            if "pairs" not in names or names - set(_CSV_COLUMNS):
+                raise ConvertWebhooksError(
+                    f"{path}: the header must name columns of {', '.join(_CSV_COLUMNS)}"
+                    " (pairs required)"
+                )
+            for row in reader:
+                line = reader.line_num
+                try:
+                    if None in row:  # more cells than the header names
+                        raise ValidationError({"row": ["has more cells than the header"]})
+                    yield line, read_row(row, settings, now)
+                except ValidationError as exc:
+                    if strict:
+                        raise ConvertWebhooksError(f"line {line} changed since checked") from exc
+                    yield line, field_messages(exc.messages)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ConvertWebhooksError(
+                f"{path}: not a readable UTF-8 CSV file near line {reader.line_num}"
+            ) from exc
+
+
+def _exposures_customer(args: argparse.Namespace, settings: Settings) -> Any:
+    if args.email and not (args.source or args.customer):
+        key, plain = settings.privacy.email_key, email_digest(args.email)
+        if key is None or plain is None:
+            raise ConvertWebhooksError("--email needs privacy.email_key and an address")
+        return customer_filter(email_digest=keyed_digest(key, plain))
+    if args.source and args.customer and not args.email:
+        return customer_filter(source=args.source, customer_id=args.customer.strip())
+    raise ConvertWebhooksError("give --source and --customer, or --email")
+
+
+def _exposures_list(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    try:
+        rows = read_exposures(runtime.engine, _exposures_customer(args, runtime.settings))
+    finally:
+        runtime.close()
+    _print_table(
+        [("exposed", 20, "<"), ("pair", 30, "<"), ("source", 12, "<"), ("customer", 30, "<")]
+        + [("email", 5, "<"), ("visitor", 0, "<")],
+        (
+            (_iso(r.exposed_at), f"{r.experiment_id}-{r.variation_id}", r.source or "-")
+            + (r.customer_id or "-", "yes" if r.email_digest else "-", r.visitor_id or "-")
+            for r in rows
+        ),
+    )
+    return 0
+
+
+def _exposures_forget(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    try:
+        forgotten = forget_exposures(runtime.engine, _exposures_customer(args, runtime.settings))
+    finally:
+        runtime.close()
+    print(f"forgot {forgotten} exposure(s)")
     return 0
 
 

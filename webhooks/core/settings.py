@@ -59,12 +59,34 @@ class DispatcherSettings:
 @dataclass(frozen=True)
 class AttributionSettings:
     max_pairs_per_order: int
+    # An event with no pairs is looked up again every `recheck_seconds` for `grace_seconds`
+    # after it was stored (the back end may record the exposure a moment after the order),
+    # then settles as unattributed.
+    grace_seconds: float = 900.0
+    recheck_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
 class RetentionSettings:
     keep_days: float
     prune_interval_seconds: float  # 0: no schedule, `convert-webhooks prune` only
+
+
+@dataclass(frozen=True)
+class ExposureSettings:
+    """The exposure API (`POST /api/exposures`): off while no token is configured."""
+
+    # Bearer tokens; several during a rotation. Secrets: kept out of repr (and so of logs).
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    max_records: int = 500  # per bulk request, all-or-nothing
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    # The HMAC key email digests are made with (exposures, orders). None: orders keep the
+    # plain SHA-256 digest and nothing can be stored or looked up by email.
+    email_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -78,3 +100,5 @@ class Settings:
     dispatcher: DispatcherSettings
     attribution: AttributionSettings = AttributionSettings(20)
     retention: RetentionSettings = RetentionSettings(30.0, 3600.0)
+    exposures: ExposureSettings = ExposureSettings()
+    privacy: PrivacySettings = PrivacySettings()

@@ -83,7 +83,8 @@ class Round:
         claim = self._claim()
         if claim is None:
             return 0
-        plans = {row.id: self._plan_safely(row) for row in claim.rows}
+        planned_at = p.clock.now()
+        plans = {row.id: self._plan_safely(row, planned_at) for row in claim.rows}
         hits = [
             hit
             for row in claim.rows
@@ -171,9 +172,9 @@ class Round:
         )
 
     # -- planning and deciding ---------------------------------------------------------------
-    def _plan_safely(self, row: Row[Any]) -> Plan:
+    def _plan_safely(self, row: Row[Any], now: float) -> Plan:
         try:
-            return self.parts.planner.plan(row)
+            return self.parts.planner.plan(row, now)
         except Exception as exc:
             return _internal_error(row, exc, "planning")
 

@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import Engine
 
 from webhooks.attribution.chain import Chain
+from webhooks.attribution.customers import Backoff, PlatformApi
+from webhooks.attribution.enrich import CheckoutItemCounts
 from webhooks.convert.client import ConvertClient
 from webhooks.core.clock import Clock
 from webhooks.core.logs import describe
@@ -66,12 +68,21 @@ class Dispatcher:
         self._crashes = 0
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
+        # The platforms' APIs (customer records, item counts): one session and one backoff
+        # per dispatcher, closed when it stops.
+        self.api = PlatformApi()
+        backoff = Backoff(clock)
         self.parts = RoundParts(
             engine=engine,
             settings=settings,
             client=client,
             clock=clock,
-            planner=Planner(settings, client, chain or default_chain(settings)),
+            planner=Planner(
+                settings,
+                client,
+                chain or default_chain(settings, engine, clock, self.api, backoff),
+                CheckoutItemCounts(settings.sources, self.api, clock, backoff=backoff),
+            ),
             breaker=self.breaker,
             pool=ThreadPoolExecutor(SEND_CONCURRENCY, thread_name_prefix="convert-send"),
             slots=Slots(MAX_UNRECORDED),
@@ -126,6 +137,7 @@ class Dispatcher:
             if thread.is_alive():
                 log.warning("dispatcher did not stop within %.1f s", timeout)
         self.parts.pool.shutdown(wait=False, cancel_futures=True)
+        self.api.close()
 
     def _stopping_give_up_at(self) -> float | None:
         return self._give_up_at if self._stop.is_set() else None

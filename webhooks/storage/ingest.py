@@ -11,6 +11,7 @@ rejected); a database that cannot be reached or written is a StorageError (503, 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,7 +19,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, TextClause, and_, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    TextClause,
+    and_,
+    delete,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -34,7 +46,8 @@ from webhooks.core.logs import escape
 from webhooks.core.settings import GoalSet, SourceSettings
 from webhooks.core.states import WAITING_FOR_PAIRS, DeliveryStatus, EventState, Reason
 from webhooks.storage.database import transaction
-from webhooks.storage.schema import deliveries, events
+from webhooks.storage.digests import stored_digest
+from webhooks.storage.schema import deliveries, events, exposures
 
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 # What a driver raises for a value it cannot bind: sqlite3 an OverflowError for an int past
@@ -76,6 +89,8 @@ class Delivery:
     headers: Mapping[str, str]
     body: bytes
     result: ParseResult
+    # privacy.email_key: the email digests are stored keyed with it (storage/digests.py).
+    email_key: bytes | None = field(default=None, repr=False)
 
 
 def insert_ignore(
@@ -201,18 +216,26 @@ def _delivery_row(
     }
 
 
-def customer_refs(result: ParseResult) -> tuple[str | None, str | None]:
+def customer_refs(
+    result: ParseResult, email_key: bytes | None = None
+) -> tuple[str | None, str | None]:
     """Who the delivery is about (first customer id and email digest among its events), kept
     on the delivery row so a redaction finds every copy, duplicates included."""
     customer_id = next((e.customer_id for e in result.events if e.customer_id), None)
     digest = next((e.email_digest for e in result.events if e.email_digest), None)
-    return customer_id, digest
+    return customer_id, stored_digest(email_key, digest)
 
 
 def _ingest(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
     result = d.result
     row = _delivery_row(
-        d.source, d.headers, d.body, result.delivery_key, result.topic, now, customer_refs(result)
+        d.source,
+        d.headers,
+        d.body,
+        result.delivery_key,
+        result.topic,
+        now,
+        customer_refs(result, d.email_key),
     )
     # The common outcome is written with the row; _store_events corrects it when it differs.
     status = DeliveryStatus.ACCEPTED if result.events else DeliveryStatus.IGNORED
@@ -238,11 +261,13 @@ def _store_events(
     stored = [_store_event(conn, d, delivery_id, event, now) for event in result.events]
     if result.redaction:
         addresses = () if result.redaction.whole_shop else addresses_in(d.body)
-        redact(conn, d.source.name, d.source.platform, result.redaction, addresses)
+        redact(
+            conn, d.source.name, d.source.platform, result.redaction, addresses, d.email_key
+        )
         _strip_body(conn, deliveries.c.id == delivery_id)
     status, reason = _delivery_status(result, stored)
     if written_status is None:  # a replay: the row may have been stored as rejected
-        customer_id, digest = customer_refs(result)
+        customer_id, digest = customer_refs(result, d.email_key)
         conn.execute(
             update(deliveries)
             .where(deliveries.c.id == delivery_id)
@@ -304,7 +329,7 @@ def _store_event(
         "currency": money.currency,
         "item_count": event.item_count,
         "customer_id": event.customer_id,
-        "email_digest": event.email_digest,
+        "email_digest": stored_digest(d.email_key, event.email_digest),
         "attributes": json.dumps(dict(event.attributes)),
         "test_mode": event.test_mode,
         "occurred_at": event.occurred_at,
@@ -359,7 +384,7 @@ def _merge_into_existing(
                 "reason": "queued: a later delivery brought the experiment data",
                 "next_attempt_at": now,
             }
-            if waiting
+            if waiting or row.reason_code == Reason.LOOKUP_LATER  # waiting for late data
             else {}
         )
         conn.execute(
@@ -381,16 +406,20 @@ def redact(
     platform: str,
     redaction: CustomerRedaction,
     addresses: Sequence[str] = (),
+    email_key: bytes | None = None,
 ) -> int:
     """Erase personal data of one customer (or a whole shop) from this source: every stored
-    body and header that is about them, and the customer references of their events.
-    `addresses` are the customer's email addresses as the redaction request names them: used
-    to find copies no parsed reference points to, never stored.
+    body and header that is about them, the customer references of their events, and their
+    exposures (the exposure store). `addresses` are the customer's email addresses as the
+    redaction request names them: used to find copies no parsed reference points to, never
+    stored.
 
     Event amounts and ids stay: they carry no personal data and keep idempotency intact.
     """
     if redaction.whole_shop:
         _strip_body(conn, deliveries.c.source == source)
+        # Exposures reported for this source; those reported by email alone name no shop.
+        conn.execute(delete(exposures).where(exposures.c.source == source))
         shop = and_(events.c.source == source, events.c.platform == platform)
         return _forget_customers(conn, shop)
     customer_id = redaction.customer_id
@@ -403,10 +432,47 @@ def redact(
     if not matches:
         return 0
     scope = and_(events.c.source == source, events.c.platform == platform, or_(*matches))
+    _forget_exposures(conn, source, customer_id, scope, addresses, email_key)
     _strip_body(conn, and_(deliveries.c.source == source, _about(scope, customer_id)))
     terms = [*addresses, *redaction.order_ids] + ([customer_id] if customer_id else [])
     _strip_mentions(conn, source, terms)
     return _forget_customers(conn, scope)
+
+
+def _forget_exposures(
+    conn: Connection,
+    source: str,
+    customer_id: str | None,
+    scope: Any,
+    addresses: Sequence[str],
+    email_key: bytes | None,
+) -> None:
+    """Delete the customer's exposures: this source's under their customer id, and any
+    under an email digest of theirs (the redaction's addresses, their events' digests)."""
+    if customer_id:
+        conn.execute(
+            delete(exposures).where(
+                exposures.c.source == source, exposures.c.customer_id == customer_id
+            )
+        )
+    if email_key is None:
+        return  # without a key nothing was stored by email
+    known = conn.execute(
+        select(events.c.email_digest).where(scope, events.c.email_digest.is_not(None))
+    ).scalars()
+    plain = [_plain_email_digest(address) for address in addresses]
+    digests = {stored_digest(email_key, d) for d in [*known, *plain] if d}
+    if digests:
+        conn.execute(delete(exposures).where(exposures.c.email_digest.in_(sorted(digests))))
+
+
+def _plain_email_digest(address: str) -> str | None:
+    """adapters.payload.email_digest's normalization (trim, lower-case, SHA-256), which
+    storage cannot import (adapters are a sibling layer); a test holds the two equal."""
+    try:
+        return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+    except UnicodeEncodeError:
+        return None
 
 
 def _about(scope: Any, customer_id: str | None) -> Any:

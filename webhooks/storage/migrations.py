@@ -14,9 +14,11 @@ from webhooks.storage.schema import (
     V2_COLUMNS,
     V2_INDEXES,
     V4_COLUMNS,
+    exposures,
     metadata,
     readiness,
     schema_version,
+    storage_settings,
 )
 
 
@@ -58,6 +60,16 @@ def _v4_attribution_on_events(conn: Connection) -> None:
     _add_columns(conn, V4_COLUMNS)
 
 
+def _v5_exposure_store(conn: Connection) -> None:
+    """The exposure store and the small table that records which key the email digests were
+    re-keyed with (the re-keying needs the key, which migrations do not have: it runs at
+    start-up, see `webhooks.storage.exposures.rekey_email_digests`)."""
+    exposures.create(conn, checkfirst=True)
+    for index in exposures.indexes:
+        index.create(conn, checkfirst=True)
+    storage_settings.create(conn, checkfirst=True)
+
+
 def _add_columns(conn: Connection, added: Mapping[str, Sequence[str]]) -> None:
     """Add the columns (nullable, as in the metadata) a table does not have yet."""
     inspector = inspect(conn)
@@ -75,6 +87,7 @@ MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _v2_customer_refs_readiness_pruning,
     _v3_send_format_and_payload,
     _v4_attribution_on_events,
+    _v5_exposure_store,
 )
 
 

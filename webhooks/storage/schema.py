@@ -145,6 +145,45 @@ readiness = Table(
     Column("checked_at", Float, nullable=False),
 )
 
+# The exposure store (version 5): one row per experiment pair a customer was shown, as the
+# shop's back end reported it (POST /api/exposures). The customer is `source` + `customer_id`
+# and/or `email_digest` (keyed HMAC, never the address); an absent part is '' rather than NULL
+# so the unique key makes a repeated report a no-op on every backend (NULLs never collide).
+exposures = Table(
+    "exposures",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("customer_id", String(255), nullable=False),
+    Column("email_digest", String(64), nullable=False),
+    Column("experiment_id", String(20), nullable=False),
+    Column("variation_id", String(20), nullable=False),
+    Column("visitor_id", String(255)),
+    Column("exposed_at", Float, nullable=False),
+    Column("recorded_at", Float, nullable=False),
+    UniqueConstraint(
+        "source",
+        "customer_id",
+        "email_digest",
+        "experiment_id",
+        "variation_id",
+        "exposed_at",
+        name="uq_exposure",
+    ),
+)
+Index("ix_exposures_customer", exposures.c.source, exposures.c.customer_id)
+Index("ix_exposures_email", exposures.c.email_digest)
+
+# Settings that change what is stored (version 5): e.g. which email key the stored digests
+# were re-keyed with, so the re-keying runs once per key, not at every start.
+storage_settings = Table(
+    "storage_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 # Columns each migration adds to a table that already existed (see migrations.MIGRATIONS).
 V2_COLUMNS = {"deliveries": ("customer_id", "email_digest")}
 V4_COLUMNS = {"events": ("attributed_from", "attribution_format", "visitor_id")}

@@ -39,9 +39,11 @@ def create_app(
         # Start anyway: /readyz says 503 and requests answer 503 until the database is back.
         log.warning("database unavailable at start-up; will retry on first use")
 
+    from webhooks.web.exposures import bp as exposures_bp
     from webhooks.web.routes import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(exposures_bp)
     app.register_error_handler(ConvertWebhooksError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

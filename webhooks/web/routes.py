@@ -119,8 +119,15 @@ def _receive(rt: Runtime, source: SourceSettings) -> IngestOutcome:
     except (PayloadError, *PARSE_FAILURES) as exc:
         _keep_rejected(rt, source, headers, raw, exc, now, UNREADABLE_TOPIC)
     rt.ensure_schema()
+    settings = rt.settings
     delivery = Delivery(
-        source, rt.settings.convert.project_id, rt.settings.goals, headers, raw, result
+        source,
+        settings.convert.project_id,
+        settings.goals,
+        headers,
+        raw,
+        result,
+        email_key=settings.privacy.email_key,
     )
     try:
         outcome = ingest(rt.engine, delivery, now)

@@ -32,7 +32,9 @@ from webhooks.core.settings import (
     AttributionSettings,
     ConvertSettings,
     DispatcherSettings,
+    ExposureSettings,
     GoalSet,
+    PrivacySettings,
     RetentionSettings,
     Settings,
     SourceSettings,
@@ -169,6 +171,9 @@ class _SourceSchema(Schema):
 class _AttributionSchema(_Strict):
     # The pairs come from the buyer's cart (Shopify attributes): each one is a Convert request.
     max_pairs_per_order = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+    # Late data: how long an event without pairs waits for them, and how often it looks.
+    grace_seconds = fields.Float(load_default=900.0, validate=validate.Range(min=0, max=7 * 86400))
+    recheck_seconds = fields.Float(load_default=60.0, validate=validate.Range(min=1, max=86400))
 
 
 class _RetentionSchema(_Strict):
@@ -177,6 +182,31 @@ class _RetentionSchema(_Strict):
     prune_interval_seconds = fields.Float(
         load_default=3600.0, validate=lambda v: v == 0 or v >= 60 or _fail("0 (off) or >= 60")
     )
+
+
+class _ExposuresSchema(_Strict):
+    # Bearer tokens for /api/exposures (none: the API is off). Write them as "${VAR}".
+    tokens = fields.List(fields.String(validate=_secret), load_default=list)
+    max_records = fields.Integer(load_default=500, validate=validate.Range(min=1, max=10_000))
+    max_body_bytes = fields.Integer(
+        load_default=1_048_576, validate=validate.Range(min=1024, max=64 * 1_048_576)
+    )
+
+
+MIN_EMAIL_KEY_LENGTH = 32
+
+
+class _PrivacySchema(_Strict):
+    # The HMAC key of email digests, from the environment ("${VAR}"); it must never change
+    # (digests made with another key no longer match).
+    email_key = fields.String(load_default=None, validate=lambda v: _email_key_problem(v))
+
+
+def _email_key_problem(value: str) -> None:
+    if value != value.strip():
+        raise ValidationError("has leading or trailing whitespace (a pasted newline?)")
+    if len(value) < MIN_EMAIL_KEY_LENGTH:
+        raise ValidationError(f"is shorter than {MIN_EMAIL_KEY_LENGTH} characters")
 
 
 class _DatabaseSchema(_Strict):
@@ -220,6 +250,8 @@ class _ConfigSchema(_Strict):
         _AttributionSchema, load_default=lambda: _defaults(_AttributionSchema)
     )
     retention = fields.Nested(_RetentionSchema, load_default=lambda: _defaults(_RetentionSchema))
+    exposures = fields.Nested(_ExposuresSchema, load_default=lambda: _defaults(_ExposuresSchema))
+    privacy = fields.Nested(_PrivacySchema, load_default=lambda: _defaults(_PrivacySchema))
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -265,6 +297,11 @@ def _cross_checks(settings: Settings) -> dict[str, str]:
                     problems[f"sources.{name}.secrets[{i}]"] = (
                         "is the example secret: set your own (allowed only with dry_run = true)"
                     )
+    if settings.exposures.tokens and settings.privacy.email_key is None:
+        problems["privacy.email_key"] = (
+            "is required while the exposure API is on (exposures.tokens): emails are stored "
+            'only as keyed digests; set it from the environment, e.g. "${EMAIL_DIGEST_KEY}"'
+        )
     needed = minimum_lease_seconds(settings)
     if settings.dispatcher.lease_seconds < needed:
         problems["dispatcher.lease_seconds"] = (
@@ -385,6 +422,21 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             retry_max_delay_seconds=d["retry_max_delay_seconds"],
             retry_horizon_seconds=d["retry_horizon_seconds"],
         ),
-        attribution=AttributionSettings(data["attribution"]["max_pairs_per_order"]),
+        attribution=AttributionSettings(
+            data["attribution"]["max_pairs_per_order"],
+            data["attribution"]["grace_seconds"],
+            data["attribution"]["recheck_seconds"],
+        ),
         retention=RetentionSettings(retention["keep_days"], retention["prune_interval_seconds"]),
+        exposures=ExposureSettings(
+            tokens=tuple(data["exposures"]["tokens"]),
+            max_records=data["exposures"]["max_records"],
+            max_body_bytes=data["exposures"]["max_body_bytes"],
+        ),
+        privacy=PrivacySettings(_email_key(data["privacy"]["email_key"])),
     )
+
+
+def _email_key(value: str | None) -> bytes | None:
+    # surrogateescape: an environment value that is not UTF-8 keeps its own bytes.
+    return None if value is None else value.encode("utf-8", "surrogateescape")

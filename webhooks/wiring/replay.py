@@ -48,7 +48,13 @@ def replay_delivery(
     headers = json.loads(row.headers)
     result = _parse(source.platform, headers, row.body, delivery_id)
     delivery = Delivery(
-        source, settings.convert.project_id, settings.goals, headers, row.body, result
+        source,
+        settings.convert.project_id,
+        settings.goals,
+        headers,
+        row.body,
+        result,
+        email_key=settings.privacy.email_key,
     )
     try:
         return store_events(engine, delivery, delivery_id, now)

@@ -18,6 +18,7 @@ from webhooks.core.observe import NullObserver, Observer
 from webhooks.core.settings import Settings
 from webhooks.delivery.worker import Dispatcher
 from webhooks.storage.database import make_engine, mark_ready
+from webhooks.storage.digests import rekey_email_digests
 from webhooks.storage.migrations import migrate
 from webhooks.storage.retention import Pruner
 
@@ -65,6 +66,9 @@ class Runtime:
             return
         try:
             migrate(self.engine)
+            key = self.settings.privacy.email_key
+            if key is not None:  # digests stored before the key (or before version 5)
+                rekey_email_digests(self.engine, key, self.clock.now())
         except SQLAlchemyError as exc:
             self._schema_problem = f"database unavailable: {type(exc).__name__}"
             raise StorageError(self._schema_problem) from exc
