@@ -28,6 +28,7 @@ import re
 import threading
 import time
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -281,7 +282,7 @@ def _when(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _ApiLookup:
+class _ApiLookup(ABC):
     """What both lookups share: configuration per source, the cache, the backoff."""
 
     platform = ""
@@ -334,14 +335,17 @@ class _ApiLookup:
         self.cache.put(key, outcome)
         return outcome
 
+    @abstractmethod
     def _missing_option(self, source: SourceSettings) -> str | None:
-        raise NotImplementedError
+        """The option this source lacks for the API, or None."""
 
+    @abstractmethod
     def _valid_id(self, customer: str) -> bool:
-        raise NotImplementedError
+        """Whether `customer` can be put in a request (nothing that changes the URL or query)."""
 
+    @abstractmethod
     def _read(self, source: SourceSettings, customer: str) -> Found | Absent | Failed:
-        raise NotImplementedError
+        """Ask the platform's API for the customer's experiment data."""
 
 
 def stripe_access(source: SourceSettings) -> tuple[str, dict[str, str]] | None:
