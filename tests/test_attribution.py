@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from webhooks.attribution.chain import Absent, Found, Subject
 from webhooks.attribution.order import OrderAttributes
-from webhooks.attribution.pairs import MAX_VALUE_CHARS, from_attributes
+from webhooks.attribution.pairs import (
+    MAX_VALUE_CHARS,
+    PLAIN_NO_PAIR,
+    Attribution,
+    from_attributes,
+    plain_pairs,
+)
 from webhooks.core.states import Reason
 
 KEY = "convert_experiments"
@@ -293,4 +299,42 @@ def test_without_a_configured_project_convert_data_is_not_compared() -> None:
         "order attribute '__data'",
         "shopify_app_data",
         visitor_id="1738012108903-0.269766",
+    )
+
+
+def test_a_missing_attribute_and_a_blank_plain_value_say_so() -> None:
+    assert from_attributes({}, "ab") == Attribution(
+        (), Reason.NO_EXPERIMENT_DATA, "no 'ab' attribute on the order"
+    )
+    assert plain_pairs("  ") == Attribution((), Reason.NO_EXPERIMENT_DATA, "is empty")
+    assert plain_pairs("x-y") == Attribution((), Reason.MALFORMED_EXPERIMENT_DATA, PLAIN_NO_PAIR)
+
+
+def _order(attributes: dict[str, str]) -> Absent | Found:
+    lookup = OrderAttributes(lambda source: "ab", 20, account_id="1111", project_id="2222")
+    answer = lookup.find(Subject(1, "stripe", "stripe", "pi_1", None, None, attributes))
+    assert isinstance(answer, Absent | Found)
+    return answer
+
+
+NO_EXPERIMENT = {
+    "ab": "[]",
+    "__data": base64.b64encode(json.dumps({"bucketing": []}).encode()).decode(),
+    "_conv_attrs": json.dumps({"exps": [], "vars": []}),
+}
+
+
+def test_well_formed_data_naming_no_experiment_is_said_place_by_place() -> None:
+    one_missing = _order(NO_EXPERIMENT)
+    assert one_missing == Absent(
+        Reason.NO_EXPERIMENT_DATA,
+        "no '_conv_v' attribute on the order; 'ab' names no experiment (json); '__data' names"
+        " no experiment (shopify_app_data); '_conv_attrs' names no experiment (conv_attrs)",
+    )
+    none_missing = _order({**NO_EXPERIMENT, "_conv_v": "vi:1*sc:1"})
+    assert none_missing == Absent(
+        Reason.NO_EXPERIMENT_DATA,
+        "'ab' names no experiment (json); '__data' names no experiment (shopify_app_data);"
+        " '_conv_attrs' names no experiment (conv_attrs); '_conv_v' names no experiment"
+        " (conv_v_cookie)",
     )

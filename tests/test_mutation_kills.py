@@ -29,13 +29,39 @@ from adapters.schemes import (
     BasicAuth,
     BodyHmac,
     StandardWebhooks,
+    TimestampedHmac,
     UrlSignedScheme,
 )
 from tests.config_file import STRIPE_SECRET, config_document
 from tests.conftest import FakeClock
 from tests.payloads import body, fixture, shopify_order, stripe_event
 from webhooks.attribution.chain import Absent, Answer, Chain, Found, NotYet, Subject
-from webhooks.attribution.customers import Backoff, PlatformApi
+from webhooks.attribution.customers import (
+    Backoff,
+    CustomerRecords,
+    PlatformApi,
+    ShopifyCustomerMetafield,
+    StripeCustomerMetadata,
+)
+from webhooks.attribution.enrich import CheckoutItemCounts
+from webhooks.attribution.formats import (
+    CONV_ATTRS,
+    CONV_V_COOKIE,
+    JSON,
+    MAX_JSON_DEPTH,
+    PLAIN,
+    SHOPIFY_APP_DATA,
+    VISITOR_DATA,
+    Parsed,
+    Project,
+    Refused,
+    parse_any,
+    parse_conv_attrs,
+    parse_conv_v_cookie,
+    parse_plain,
+    parse_shopify_app_data,
+)
+from webhooks.attribution.pairs import MAX_VALUE_CHARS
 from webhooks.convert.client import ConvertClient, make_client
 from webhooks.core.errors import PayloadError, SignatureError
 from webhooks.core.events import (
@@ -51,6 +77,8 @@ from webhooks.core.settings import GoalSet, Settings
 from webhooks.core.states import EventState, Reason
 from webhooks.delivery.planner import Planned, Planner, default_chain
 from webhooks.storage.database import make_engine, transaction
+from webhooks.storage.digests import stored_digest
+from webhooks.storage.exposures import Exposure, store_exposures
 from webhooks.storage.migrations import migrate
 from webhooks.storage.queue import Attributed, Finish, claim_due
 from webhooks.storage.schema import deliveries, events
@@ -221,14 +249,24 @@ def test_no_pairs_skips_the_event_unless_a_new_delivery_revised_it(
 
 
 def test_within_the_grace_period_no_pairs_means_look_again_soon(
-    engine: Engine, settings: Settings, client: ConvertClient, chain: Chain
+    engine: Engine,
+    settings: Settings,
+    client: ConvertClient,
+    chain: Chain,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The back end may record the exposure a moment after the order (grace 900 s, a new
     look every 60 s, counted from when the event was stored)."""
     row = claimed(engine, attributes={"other": "1-2"})
     graced = replace(settings, attribution=replace(settings.attribution, grace_seconds=900.0))
     planner = Planner(graced, client, chain)
-    soon = planner.plan(row, NOW + 30)
+    monkeypatch.setenv("TZ", "America/New_York")  # the time said is UTC whatever the zone
+    time.tzset()
+    try:
+        soon = planner.plan(row, NOW + 30)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert isinstance(soon, Finish) and soon.reason is not None
     assert soon.reason.endswith("; looking again until 2027-01-15T08:15:00Z")
     assert soon == Finish(
@@ -260,6 +298,109 @@ def test_a_lookup_that_keeps_failing_ends_at_the_retry_horizon(
         "gave up waiting for the experiment data: customer API timed out",
         only_if_revision=3,
     )
+
+
+@pytest.mark.parametrize(
+    ("ids", "refused"),
+    [
+        ({"cid": "9999", "pid": "2222"}, "account 9999 ('cid'), not the configured 1111"),
+        ({"cid": "1111", "pid": "2223"}, "project 2223 ('pid'), not the configured 2222"),
+    ],
+)
+def test_convert_data_of_another_account_or_project_is_refused(
+    engine: Engine,
+    settings: Settings,
+    client: ConvertClient,
+    chain: Chain,
+    ids: dict[str, str],
+    refused: str,
+) -> None:
+    conv = json.dumps({**ids, "exps": ["1"], "vars": ["2"]})
+    row = claimed(engine, attributes={"_conv_attrs": conv})
+    plan = Planner(settings, client, chain).plan(row, LATER)
+    assert isinstance(plan, Finish) and plan.reason is not None
+    assert (plan.state, plan.reason_code) == (
+        EventState.SKIPPED,
+        Reason.MALFORMED_EXPERIMENT_DATA,
+    )
+    assert plan.reason.startswith(
+        f"'_conv_attrs' holds no valid conv_attrs: it belongs to Convert {refused}; "
+    )
+
+
+def test_the_checkout_item_count_replaces_the_webhooks_where_known(
+    sqlite_url: str, engine: Engine, client: ConvertClient
+) -> None:
+    """Stripe's webhook says nothing of a payment's items; the session's line items do
+    (enrich.py). A cached count stands in for the API here: no request is made."""
+    key = "rk_test_" + "a" * 24
+    settings = settings_for(
+        sqlite_url,
+        sources={"stripe": {"platform": "stripe", "secrets": [STRIPE_SECRET], "api_key": key}},
+    )
+    clock = FakeClock(LATER)
+    api = PlatformApi()
+    try:
+        counts = CheckoutItemCounts(settings.sources, api, clock)
+        counts.cache.put(("stripe", "pi_1"), 5)
+        chain = default_chain(settings, engine, clock, api, Backoff(clock))
+        row = claimed(engine, attributes={"convert_experiments": "1-2"})
+        counted = Planner(settings, client, chain, counts).plan(row, LATER)
+        assert isinstance(counted, Planned)
+        assert counted.hits[0].payload.endswith("%7Cpi_1%7C49.90%7C5")
+        plain = Planner(settings, client, chain).plan(row, LATER)
+        assert isinstance(plain, Planned)
+        assert plain.hits[0].payload.endswith("%7Cpi_1%7C49.90%7C2")  # the stored count
+    finally:
+        api.close()
+
+
+def test_the_exposure_store_is_read_by_keyed_email_and_capped(
+    sqlite_url: str, engine: Engine, client: ConvertClient
+) -> None:
+    """What the shop's back end reported for the buyer's email (keyed with the configured
+    key), the latest per experiment, at most max_pairs_per_order of them."""
+    key = "k" * 32
+    settings = settings_for(
+        sqlite_url, privacy={"email_key": key}, attribution={"max_pairs_per_order": 2}
+    )
+    plain = "d" * 64
+    keyed = stored_digest(key.encode(), plain)
+    reports = [
+        Exposure(None, None, keyed, ((str(experiment), "7"),), NOW - 60 * experiment)
+        for experiment in (1, 2, 3)
+    ]
+    store_exposures(engine, reports, NOW)
+    clock = FakeClock(LATER)
+    api = PlatformApi()
+    try:
+        chain = default_chain(settings, engine, clock, api, Backoff(clock))
+        row = claimed(engine, customer_id=None, email_digest=plain, attributes={})
+        plan = Planner(settings, client, chain).plan(row, LATER)
+    finally:
+        api.close()
+    assert isinstance(plan, Planned)
+    assert [hit.pair for hit in plan.hits] == ["1-7", "2-7"]  # the newest first
+    assert plan.attributed == Attributed("exposure store (email)", "exposure")
+
+
+def test_the_default_chain_shares_the_dispatchers_api_client_and_backoff(
+    settings: Settings, engine: Engine
+) -> None:
+    """customer_records' contract: one PlatformApi (closed by its owner) and one Backoff per
+    dispatcher, shared with the item counts, so a failing API is one thing that recovers."""
+    clock = FakeClock(LATER)
+    api = PlatformApi()
+    backoff = Backoff(clock)
+    try:
+        chain = default_chain(settings, engine, clock, api, backoff)
+    finally:
+        api.close()
+    records = chain.lookups[1]
+    assert isinstance(records, CustomerRecords)
+    for lookup in records.by_platform.values():
+        assert isinstance(lookup, StripeCustomerMetadata | ShopifyCustomerMetafield)
+        assert (lookup.api, lookup.backoff, lookup.clock) == (api, backoff, clock)
 
 
 def test_not_yet_leaves_the_event_pending_until_then_unless_revised(
@@ -461,6 +602,22 @@ def test_the_session_item_count_sums_its_line_items(line_items: object, count: i
     assert stripe_one(event).item_count == count
 
 
+def test_a_bad_line_item_quantity_is_named() -> None:
+    event = stripe_event("checkout_session_completed", line_items={"data": [{"quantity": -1}]})
+    message = "field 'lines.data[].quantity' must be an integer from 0 to 1000000"
+    with pytest.raises(PayloadError, match=f"^{re.escape(message)}$"):
+        stripe.parse({}, body(event))
+
+
+@pytest.mark.parametrize(("reference", "kept"), [("ref_1", {"client_reference_id": "ref_1"}),
+                                                  ("", {}), (None, {})])
+def test_a_sessions_client_reference_id_is_an_attribute_when_it_has_one(
+    reference: object, kept: dict[str, str]
+) -> None:
+    event = stripe_event("checkout_session_completed", client_reference_id=reference)
+    assert dict(stripe_one(event).attributes) == kept
+
+
 def test_a_payment_intent_counts_what_was_received_and_digests_the_receipt_email() -> None:
     partly = stripe_event("payment_intent_succeeded", amount=1099, amount_received=700)
     assert stripe_one(partly).amounts["total"] == usd("7.00")
@@ -534,6 +691,7 @@ def test_every_field_of_a_paid_shopify_order() -> None:
     [
         ({"email": None, "contact_email": "Contact@Example.com"}, "contact@example.com"),
         ({"email": "", "contact_email": None}, "john@example.com"),  # the customer's
+        ({"email": "Own@Example.com", "contact_email": "c@example.com"}, "own@example.com"),
     ],
 )
 def test_the_order_email_falls_back_to_contact_then_customer(
@@ -624,6 +782,9 @@ def test_a_refund_adds_up_its_successful_refund_transactions() -> None:
     refund = fixture("shopify", "refunds_create")
     refund["processed_at"] = None
     refund["created_at"] = "2022-01-02T00:00:00Z"
+    processed = {**refund, "processed_at": "2022-01-03T00:00:00Z"}
+    (first,) = shopify_parse("refunds/create", processed).events
+    assert first.occurred_at == 1641168000.0  # processed wins over created
     refund["transactions"] = [
         {"kind": "capture", "amount": "5.00"},
         {"kind": "refund", "status": "failure", "amount": "7.00"},
@@ -720,6 +881,10 @@ def test_an_optional_id_may_be_text_a_number_or_an_expanded_object() -> None:
         optional_id({"g": 0}, "g")
 
 
+def test_lines_that_are_not_objects_count_nothing() -> None:
+    assert quantity_sum(["x", 7, None, {"quantity": 2}], "q") == 2
+
+
 def test_item_counts_are_bounded_by_the_column_at_the_edge() -> None:
     full = [{"quantity": 10**6}] * 2147 + [{"quantity": 483_647}]
     assert quantity_sum(full, "q") == 2**31 - 1
@@ -781,6 +946,13 @@ def test_timestamped_hmac_refusals_and_the_header_bound() -> None:
 
 
 WHSEC = "whsec_" + base64.b64encode(b"standard webhooks key").decode()
+
+
+def test_the_stripe_style_reads_stripe_signature_in_a_five_minute_window() -> None:
+    assert TimestampedHmac.stripe_style() == TimestampedHmac("Stripe-Signature", ",", "t", "v1")
+    assert TimestampedHmac.stripe_style("X-Sig", window=600) == TimestampedHmac(
+        "X-Sig", window_seconds=600
+    )
 
 
 def test_standard_webhooks_refusals_tolerance_and_the_header_bound() -> None:
@@ -882,3 +1054,95 @@ def test_requests_and_replies_keep_what_they_are_given() -> None:
     assert list(Headers({"X-One": "1", "two": "2"})) == ["x-one", "two"]
     assert SignedRequest.post(BODY).method == "POST"
     assert json_reply({"status": "accepted"}) == Reply(200, {"status": "accepted"})
+
+
+# --- Experiment data formats (attribution/formats.py): what tells a format, and the bounds ---
+
+PROJECT = Project("1111", "2222")
+NO_LISTS = "holds no valid conv_attrs: no 'exps' and 'vars' lists"
+NO_BUCKETING = "holds no valid shopify_app_data: no 'bucketing' list"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"bucketing": [{"experienceId": "1", "variationId": "2"}]}',
+         Parsed(VISITOR_DATA, ("1-2",))),
+        ('{"visitorId": "v1"}',
+         Refused(VISITOR_DATA, "holds no valid visitor_data: no 'bucketing' list")),
+        ('{"exps": ["1"]}', Refused(CONV_ATTRS, NO_LISTS)),
+        ('{"vars": ["2"]}', Refused(CONV_ATTRS, NO_LISTS)),
+        # four base64 characters are enough for app data: "{}" is "e30="
+        ("e30=", Refused(SHOPIFY_APP_DATA, NO_BUCKETING)),
+    ],
+)
+def test_a_json_object_is_told_apart_by_its_keys(value: str, expected: object) -> None:
+    assert parse_any(value, 20, PROJECT) == expected
+
+
+DEEPER = "holds no valid json: JSON nested deeper than 8 levels"
+
+
+@pytest.mark.parametrize(
+    ("value", "refused_for_depth"),
+    [
+        ("[" * 8 + "]" * 8, False),
+        ("[" * 9 + "]" * 9, True),
+        ("[[[]," + "[" * 7 + "]" * 7 + "]]", True),  # depth goes back to 2, then up to 9
+        ('["' + "[" * 12 + '"]', False),  # brackets inside a string do not nest
+        ('["a", ' + "[" * 9 + "]" * 9 + "]", True),  # nor does a string end the check
+    ],
+)
+def test_json_deeper_than_eight_levels_is_refused_before_it_is_parsed(
+    value: str, refused_for_depth: bool
+) -> None:
+    assert MAX_JSON_DEPTH == 8
+    result = parse_any(value, 20, PROJECT)
+    assert (isinstance(result, Refused) and result.reason == DEEPER) is refused_for_depth
+
+
+def test_json_of_exactly_the_value_bound_is_read_and_one_more_character_is_not() -> None:
+    exact = "[" + " " * (MAX_VALUE_CHARS - 2) + "]"
+    assert parse_any(exact, 20, PROJECT) == Parsed(JSON, ())
+    assert parse_any(exact + " ", 20, PROJECT) == Refused(
+        JSON, f"holds no valid json: longer than {MAX_VALUE_CHARS} characters"
+    )
+
+
+@pytest.mark.parametrize("value", ["abcde=", "abcdX"])
+def test_base64_of_a_wrong_length_is_said_to_be_so(value: str) -> None:
+    assert parse_shopify_app_data(value, 20, PROJECT) == Refused(
+        SHOPIFY_APP_DATA, "holds no valid shopify_app_data: not base64 (wrong length)"
+    )
+
+
+def test_what_was_left_out_and_the_visitor_survive_the_cap() -> None:
+    assert parse_plain("1-2,3-4,5-6", 2) == Parsed(
+        PLAIN, ("1-2", "3-4"), dropped=1, note="kept the first 2 of 3 experiment pairs"
+    )
+    three = [{"experienceId": str(n), "variationId": "2"} for n in (1, 2, 3)]
+    visitor = json.dumps({"visitorId": "v1", "bucketing": three})
+    assert parse_any(visitor, 2, PROJECT) == Parsed(
+        VISITOR_DATA, ("1-2", "2-2"), "v1", 1, "kept the first 2 of 3 experiment pairs"
+    )
+
+
+def test_convert_attribute_formats_say_what_is_wrong() -> None:
+    assert parse_conv_attrs("[]", 20, PROJECT) == Refused(
+        CONV_ATTRS, "holds no valid conv_attrs: not a JSON object"
+    )
+    # Without an account id the project is still checked.
+    other = json.dumps({"pid": "2223", "exps": ["1"], "vars": ["2"]})
+    assert parse_conv_attrs(other, 20, PROJECT) == Refused(
+        CONV_ATTRS,
+        "holds no valid conv_attrs: it belongs to Convert project 2223 ('pid'), not the "
+        "configured 2222",
+    )
+    assert parse_conv_v_cookie("exp:[1]", 20, PROJECT) == Refused(
+        CONV_V_COOKIE,
+        "holds no valid conv_v_cookie: its 'exp' piece is not a map of experiences",
+    )
+    # An empty piece is skipped, not the end of the cookie.
+    assert parse_conv_v_cookie("vi:v9**exp:{100.{v.200}}", 20, PROJECT) == Parsed(
+        CONV_V_COOKIE, ("100-200",), "v9"
+    )
