@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from adapters import shopify, stripe
+# PLATFORM IMPORTS (one line each)
+from adapters import (
+    bigcommerce,
+    custom,
+    lemonsqueezy,
+    paddle,
+    shopify,
+    square,
+    standard_webhooks,
+    stripe,
+    woocommerce,
+)
 from adapters.base import PlatformSpec
 
 REGISTRY: Mapping[str, PlatformSpec] = {
@@ -13,6 +24,14 @@ REGISTRY: Mapping[str, PlatformSpec] = {
     for spec in (
         stripe.SPEC,
         shopify.SPEC,
+        # PLATFORM SPECS (one line each)
+        bigcommerce.SPEC,
+        square.SPEC,
+        paddle.SPEC,
+        lemonsqueezy.SPEC,
+        custom.SPEC,
+        standard_webhooks.SPEC,
+        woocommerce.SPEC,
     )
 }
 

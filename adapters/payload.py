@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from webhooks.core.errors import PayloadError
 from webhooks.core.events import (
+    MAX_ATTRIBUTE_VALUE_CHARS,
     MAX_ID_CHARS,
     MAX_ITEM_COUNT,
     MAX_LINE_QUANTITY,
+    MAX_TIMESTAMP,
     bounded_attributes,
     check_count,
     check_id,
@@ -173,3 +177,99 @@ def email_digest(email: object) -> str | None:
     except UnicodeEncodeError:
         return None
     return hashlib.sha256(encoded).hexdigest()
+
+
+# --- free-form values a shop stores (Paddle custom_data, WooCommerce meta, ...) ---------------
+
+# Nested values are kept as compact JSON while they are no deeper than attribution reads JSON
+# (attribution/formats.py MAX_JSON_DEPTH is 8; a PHP array saved as meta can be deeper, so
+# a platform may allow more): a shop may store the pairs as {"100": "200"} or a list.
+MAX_ATTRIBUTE_NESTING = 32
+
+
+def attribute_text(value: object, max_depth: int = MAX_ATTRIBUTE_NESTING) -> str | None:
+    """A stored value as attribute text: strings as they are, numbers as their JSON text,
+    objects and lists as compact JSON (Decimal keeps its digits). None (dropped): true,
+    false, null, JSON deeper than `max_depth`, or longer than an attribute value may be (cut
+    JSON would mislead)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | Decimal):
+        return str(value)
+    if isinstance(value, dict | list):
+        text = _json_text(value, 0, max_depth)
+        if text is not None and len(text) <= MAX_ATTRIBUTE_VALUE_CHARS:
+            return text
+    return None
+
+
+def attribute_map(value: object, max_depth: int = MAX_ATTRIBUTE_NESTING) -> dict[str, str]:
+    """A JSON object of a shop's own data (custom_data) as bounded attributes; not an object:
+    none."""
+    if not isinstance(value, dict):
+        return {}
+    return bounded_attributes((key, attribute_text(item, max_depth)) for key, item in value.items())
+
+
+def _json_text(value: object, depth: int, max_depth: int) -> str | None:
+    """Compact JSON of a parsed value (json.dumps would need a float for a Decimal). Recursion
+    is bounded by max_depth; None when the value nests deeper."""
+    if depth > max_depth:
+        return None
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | Decimal):
+        return str(value)
+    parts: list[str] = []
+    if isinstance(value, list):
+        for element in value:
+            text = _json_text(element, depth + 1, max_depth)
+            if text is None:
+                return None
+            parts.append(text)
+        return "[" + ",".join(parts) + "]"
+    if isinstance(value, dict):
+        for name, element in value.items():
+            text = _json_text(element, depth + 1, max_depth)
+            if text is None:
+                return None
+            parts.append(json.dumps(str(name), ensure_ascii=False) + ":" + text)
+        return "{" + ",".join(parts) + "}"
+    return None
+
+
+# --- times -----------------------------------------------------------------------------------
+
+# RFC 3339 as platforms send it ("2024-04-12T10:18:49.738971Z"); ASCII digits only.
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+)
+
+
+def rfc3339_seconds(value: object) -> float | None:
+    """Unix seconds of an RFC 3339 time, or None when absent, unreadable or outside
+    1970..9999. Fractions past microseconds are cut (datetime holds no more)."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    micro = int((match.group(7) or "0")[:6].ljust(6, "0"))
+    try:
+        zone = UTC if match.group(8) else _offset(*match.groups()[8:])
+        moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=zone)
+        seconds = moment.timestamp()
+    except (ValueError, OverflowError):  # month 13, second 60, offset 25:00, year 0
+        return None
+    return seconds if 0 <= seconds <= MAX_TIMESTAMP else None
+
+
+def _offset(sign: str, hours: str, minutes: str) -> timezone:
+    delta = timedelta(hours=int(hours), minutes=int(minutes))
+    return timezone(-delta if sign == "-" else delta)

@@ -8,14 +8,18 @@ Every scheme reads unauthenticated input: each malformed header is a SignatureEr
 never another exception; headers are bounded before they are parsed; digests are compared in
 constant time, every candidate against every secret, with no early exit.
 
-- BodyHmac: an HMAC of the raw body in one header, hex or base64 (Shopify, WooCommerce, ...).
+- BodyHmac: an HMAC of the raw body in one header, hex or base64 (Shopify, WooCommerce, ...),
+  SHA-256 or SHA-512.
+- TimestampHeaderHmac: an HMAC of `{timestamp}.{body}` in one header and the timestamp in
+  another (Slack style; the custom source's timestamped choice), with a time window.
 - TimestampedHmac: `t=<unix>,v1=<hex>` over `"{t}.{body}"` (Stripe) or `ts=<unix>;h1=<hex>` over
   `"{ts}:{body}"` (Paddle), with a time window and several signatures (secret rotation).
 - StandardWebhooks: standardwebhooks.com v1 (`webhook-id`, `webhook-timestamp`,
   `webhook-signature: v1,<base64> ...`, `whsec_` base64 secrets).
 - BasicAuth: `Authorization: Basic` with `user:password` secrets (the body is not signed).
-- UrlSignedScheme, FetchVerification: the base and the protocol for schemes that sign the URL
-  or that ask the platform; no platform needs them yet.
+- UrlSignedScheme: the base for schemes that sign the configured URL; UrlBodyHmac: an HMAC of
+  the URL and the body (Square).
+- FetchVerification: the protocol for schemes that ask the platform; no platform needs it yet.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ MAX_HEADER_CHARS = 4096
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _BASE64_SHA256 = re.compile(r"[A-Za-z0-9+/]{43}=")
+# HMAC digests the schemes offer (hashlib names). No SHA-1: see TimestampHeaderHmac.
+Algorithm = Literal["sha256", "sha512"]
 # Standard Webhooks message ids: printable ASCII without "." (the field separator of the signed
 # content: an id holding one could shift bytes between the id, the timestamp and the body).
 _MESSAGE_ID = re.compile(r"[\x21-\x2d\x2f-\x7e]{1,256}")
@@ -92,6 +98,12 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
+def hmac_digest(algorithm: Algorithm, key: bytes, message: bytes, encoding: str) -> bytes:
+    """HMAC of `message` as ASCII bytes: lower-case hex or standard base64."""
+    digest = hmac.new(key, message, algorithm).digest()
+    return digest.hex().encode() if encoding == "hex" else base64.b64encode(digest)
+
+
 def any_matches(expected: Iterable[bytes], given: Sequence[bytes]) -> bool:
     """Constant-time: every expected digest is compared with every given one, no early exit,
     so timing says nothing about which secret or which signature matched."""
@@ -130,13 +142,15 @@ def _check_window(what: str, timestamp: int, now: float, window: int) -> None:
 
 @dataclass(frozen=True)
 class BodyHmac:
-    """HMAC-SHA256 of the raw body keyed with the secret (UTF-8), in `header`, hex or base64,
-    after an optional `prefix` (e.g. "sha256="). Nothing else is signed: no time window."""
+    """HMAC-SHA256 (or `algorithm`) of the raw body keyed with the secret (UTF-8), in
+    `header`, hex or base64, after an optional `prefix` (e.g. "sha256="). Nothing else is
+    signed: no time window."""
 
     header: str
     encoding: Literal["hex", "base64"] = "hex"
     prefix: str = ""
-    max_chars: int = 128  # a base64 SHA-256 is 44 characters, hex 64
+    max_chars: int = 128  # a base64 SHA-256 is 44 characters, hex 64 (SHA-512: 88 and 128)
+    algorithm: Algorithm = "sha256"
 
     window_seconds: ClassVar[int | None] = None
     signs_body: ClassVar[bool] = True
@@ -176,8 +190,82 @@ class BodyHmac:
         return None
 
     def _digest(self, secret: str, body: bytes) -> bytes:
-        digest = hmac_sha256(secret.encode(), body)
-        return digest.hex().encode() if self.encoding == "hex" else base64.b64encode(digest)
+        return hmac_digest(self.algorithm, secret.encode(), body, self.encoding)
+
+
+@dataclass(frozen=True)
+class TimestampHeaderHmac:
+    """An HMAC (SHA-256 or SHA-512) of `"{signed_prefix}{timestamp}{joiner}{body}"` keyed with
+    the secret (UTF-8), in `header` (hex or base64, after an optional `prefix`), with the Unix
+    timestamp in a header of its own, checked against a window either way.
+
+    Slack signs this way (api.slack.com/authentication/verifying-requests-from-slack:
+    `X-Slack-Signature: v0=<hex>` over `v0:{X-Slack-Request-Timestamp}:{body}`); its SDK's
+    test vector pins this class. The custom source offers it to home-grown senders.
+
+    The timestamp is signed as sent (1-12 ASCII digits): a sender's leading zero stays in the
+    signed text. SHA-1 is not offered: HMAC-SHA1 is not broken, but every sender that uses
+    this scheme is the shop's own code, which can as easily use SHA-256."""
+
+    header: str
+    timestamp_header: str
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = ""
+    algorithm: Algorithm = "sha256"
+    signed_prefix: str = ""
+    joiner: str = "."
+    window_seconds: int | None = 300
+    max_chars: int = 256
+
+    signs_body: ClassVar[bool] = True
+    needs_url: ClassVar[bool] = False
+
+    def verify(
+        self,
+        request: SignedRequest,
+        secrets: Sequence[str],
+        now: float,
+        tolerance: int | None = None,
+    ) -> None:
+        given = _header(request, self.header)
+        stamp = _header(request, self.timestamp_header)
+        if len(given) > self.max_chars:
+            raise SignatureError(f"{self.header} is too long to be a signature")
+        timestamp = _timestamp(stamp, f"{self.timestamp_header} header")
+        given = given.strip()
+        if self.prefix:
+            if not given.startswith(self.prefix):
+                raise SignatureError(f"malformed {self.header} header")
+            given = given[len(self.prefix) :]
+        signed = self._signed(stamp, request.body)
+        expected = [self._digest(secret, signed) for secret in secrets]
+        if not any_matches(expected, [_raw(given)]):
+            raise SignatureError(f"{self.header} does not match a configured secret")
+        window = self.window_seconds if tolerance is None else tolerance
+        if window is not None:
+            _check_window(f"{self.timestamp_header} timestamp", timestamp, now, window)
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        now: float,
+        *,
+        url: str | None = None,
+        delivery_id: str | None = None,
+    ) -> dict[str, str]:
+        stamp = str(int(now))
+        digest = self._digest(secret, self._signed(stamp, body)).decode()
+        return {self.header: self.prefix + digest, self.timestamp_header: stamp}
+
+    def secret_problem(self, secret: str) -> str | None:
+        return None
+
+    def _signed(self, stamp: str, body: bytes) -> bytes:
+        return _raw(f"{self.signed_prefix}{stamp}{self.joiner}") + body
+
+    def _digest(self, secret: str, signed: bytes) -> bytes:
+        return hmac_digest(self.algorithm, secret.encode(), signed, self.encoding)
 
 
 @dataclass(frozen=True)
@@ -463,6 +551,50 @@ class UrlSignedScheme(ABC):
 
     def secret_problem(self, secret: str) -> str | None:
         return None
+
+
+@dataclass(frozen=True)
+class UrlBodyHmac(UrlSignedScheme):
+    """HMAC-SHA256 of the configured notification URL followed by the raw body, keyed with the
+    secret (UTF-8), in `header` (Square: `x-square-hmacsha256-signature`, base64;
+    developer.squareup.com/docs/webhooks/step3validate, square-python-sdk
+    `utils/webhooks_helper.py`). No timestamp: no window."""
+
+    header: str
+    encoding: Literal["hex", "base64"] = "base64"
+    max_chars: int = 128
+
+    def verify(
+        self,
+        request: SignedRequest,
+        secrets: Sequence[str],
+        now: float,
+        tolerance: int | None = None,
+    ) -> None:
+        given = _header(request, self.header)
+        if len(given) > self.max_chars:
+            raise SignatureError(f"{self.header} is too long to be a signature")
+        signed = _raw(self.signed_url(request)) + request.body
+        expected = [self._digest(secret, signed) for secret in secrets]
+        if not any_matches(expected, [_raw(given.strip())]):
+            raise SignatureError(f"{self.header} does not match a configured secret")
+
+    def sign(
+        self,
+        body: bytes,
+        secret: str,
+        now: float,
+        *,
+        url: str | None = None,
+        delivery_id: str | None = None,
+    ) -> dict[str, str]:
+        if url is None:
+            raise ValueError("this scheme signs the URL: pass the configured url")
+        return {self.header: self._digest(secret, _raw(url) + body).decode()}
+
+    def _digest(self, secret: str, signed: bytes) -> bytes:
+        digest = hmac_sha256(secret.encode(), signed)
+        return digest.hex().encode() if self.encoding == "hex" else base64.b64encode(digest)
 
 
 class Fetch(Protocol):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from adapters.base import PlatformSpec, Sample
+from adapters.options import api_base_field
 from adapters.payload import (
     described,
     email_digest,
@@ -332,8 +334,15 @@ TOPIC_HANDLERS: Mapping[str, Callable[[str, str, dict[str, Any]], ParseResult]] 
     "shop/redact": _shop_redact,
 }
 
+
 # The sample: Shopify's orders/paid sample order (tests/fixtures/shopify/SOURCES.md). It says
 # "voided", so it is stored and ignored with a reason; send_sample.py marks it paid.
+def _add_pairs(order: dict[str, Any], headers: dict[str, str], pairs: str) -> None:
+    order["note_attributes"] = [{"name": "convert_experiments", "value": pairs}]
+    order["financial_status"] = "paid"  # the published sample says "voided" (SOURCES.md)
+    headers["X-Shopify-Event-Id"] = str(uuid.uuid4())
+
+
 SAMPLE = Sample(
     "orders_paid.json",
     {
@@ -341,6 +350,7 @@ SAMPLE = Sample(
         "X-Shopify-Shop-Domain": "example.myshopify.com",
         "X-Shopify-Event-Id": "98880550-7158-44d4-b7cd-2c97c8a091b5",  # the same on retries
     },
+    add_pairs=_add_pairs,
 )
 
 # --- options: Admin API access for the customer metafield -----------------------------------
@@ -382,11 +392,7 @@ class Options(Schema):
         validate=validate.Regexp(SHOP_DOMAIN, error="must be the shop's *.myshopify.com domain")
     )
     # Overrides https://{shop_domain} (tests, proxies).
-    api_base = fields.String(
-        validate=validate.Regexp(
-            r"\Ahttps?://[^\s/?#]+(?:/[^\s?#]*)?\Z", error="must be an http(s) URL"
-        )
-    )
+    api_base = api_base_field()
 
     @validates_schema
     def _complete(self, data: Mapping[str, Any], **_: Any) -> None:

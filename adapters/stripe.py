@@ -9,6 +9,7 @@ is the source's `tolerance_seconds` (300 by default, as in Stripe's libraries), 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from adapters.base import PlatformSpec, Sample
+from adapters.options import api_base_field
 from adapters.payload import (
     described,
     email_digest,
@@ -312,11 +314,7 @@ class Options(Schema):
     api_key = fields.String(
         validate=validate.Regexp(_API_KEY, error="must be a Stripe rk_ or sk_ (test/live) key")
     )
-    api_base = fields.String(
-        validate=validate.Regexp(
-            r"\Ahttps?://[^\s/?#]+(?:/[^\s?#]*)?\Z", error="must be an http(s) URL"
-        )
-    )
+    api_base = api_base_field()
 
     @validates_schema
     def _base_needs_key(self, data: Mapping[str, Any], **_: Any) -> None:
@@ -324,7 +322,11 @@ class Options(Schema):
             raise ValidationError("is required when api_base is set", "api_key")
 
 
+def _add_pairs(event: dict[str, Any], headers: dict[str, str], pairs: str) -> None:
+    event["id"] = f"evt_sample_{uuid.uuid4().hex[:12]}"  # a new event each time, not a retry
+    event["data"]["object"]["metadata"] = {"convert_experiments": pairs}
+
+
 # The sample: Stripe CLI's checkout.session.completed (tests/fixtures/stripe/SOURCES.md [A]).
-SPEC = PlatformSpec(
-    platform, SCHEME, parse, Sample("checkout_session_completed.json"), options=Options
-)
+SAMPLE = Sample("checkout_session_completed.json", add_pairs=_add_pairs)
+SPEC = PlatformSpec(platform, SCHEME, parse, SAMPLE, options=Options)

@@ -2,6 +2,7 @@
 
     python3 scripts/send_sample.py stripe   # checkout.session.completed (Stripe's own sample)
     python3 scripts/send_sample.py shopify  # orders/paid (Shopify's own sample order)
+    python3 scripts/send_sample.py paddle   # also woocommerce, lemonsqueezy (in the example config)
     python3 scripts/send_sample.py <platform> [base URL] [source name]
 
 Each platform's sample is the documented payload its spec names (tests/fixtures/<platform>/,
@@ -19,10 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout's adapters/, run from anywhere
@@ -31,24 +29,12 @@ from adapters import REGISTRY  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 PAIRS = "100-200"
-EXAMPLE_SECRETS = {"stripe": "whsec_example_secret", "shopify": "shpss_example_secret"}
-
-
-def _stripe(event: dict[str, Any], headers: dict[str, str]) -> None:
-    event["id"] = f"evt_sample_{uuid.uuid4().hex[:12]}"  # a new event each time, not a retry
-    event["data"]["object"]["metadata"] = {"convert_experiments": PAIRS}
-
-
-def _shopify(order: dict[str, Any], headers: dict[str, str]) -> None:
-    order["note_attributes"] = [{"name": "convert_experiments", "value": PAIRS}]
-    order["financial_status"] = "paid"  # the published sample says "voided" (SOURCES.md)
-    headers["X-Shopify-Event-Id"] = str(uuid.uuid4())
-
-
-# Where a shop keeps the experiment pairs differs per platform; others are sent as published.
-EDITS: dict[str, Callable[[dict[str, Any], dict[str, str]], None]] = {
-    "stripe": _stripe,
-    "shopify": _shopify,
+EXAMPLE_SECRETS = {  # config/example.toml's
+    "stripe": "whsec_example_secret",
+    "shopify": "shpss_example_secret",
+    "woocommerce": "wc_example_secret_0001",
+    "paddle": "pdl_ntfset_example_secret",
+    "lemonsqueezy": "lemonsqueezy_example_secret",
 }
 
 
@@ -56,12 +42,13 @@ def sample_request(platform: str) -> tuple[bytes, dict[str, str]]:
     spec = REGISTRY[platform]
     payload = json.loads((FIXTURES / platform / spec.sample.fixture).read_text())
     headers = dict(spec.sample.headers)
-    if edit := EDITS.get(platform):
-        edit(payload, headers)
+    if spec.sample.add_pairs is not None:  # where a shop keeps the pairs: the platform says
+        spec.sample.add_pairs(payload, headers, PAIRS)
     body = json.dumps(payload).encode()
     default = EXAMPLE_SECRETS.get(platform, spec.sample.secrets[0])
     secret = os.environ.get(f"{platform.upper()}_WEBHOOK_SECRET", default)
-    headers.update(spec.scheme.sign(body, secret, time.time()))
+    scheme = spec.scheme_of(spec.sample.options)
+    headers.update(scheme.sign(body, secret, time.time(), url=spec.sample.options.get("url")))
     return body, headers
 
 

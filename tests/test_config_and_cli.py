@@ -24,7 +24,7 @@ EXAMPLE = ROOT / "config" / "example.toml"
 def test_example_config_is_valid_and_dry_run() -> None:
     settings = load_settings(EXAMPLE, env={})
     assert settings.convert.dry_run is True
-    assert set(settings.sources) == {"stripe", "shopify"}
+    assert set(settings.sources) == {"stripe", "shopify", "woocommerce", "paddle", "lemonsqueezy"}
 
 
 def test_secrets_come_from_environment_references(tmp_path: Path) -> None:

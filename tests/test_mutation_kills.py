@@ -12,8 +12,8 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -1041,6 +1041,7 @@ def test_a_url_signing_scheme_needs_the_configured_url() -> None:
 class Verifying:
     secrets: tuple[str, ...]
     tolerance_seconds: int
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def test_the_spec_verifies_with_the_sources_window() -> None:

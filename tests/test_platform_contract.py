@@ -136,16 +136,30 @@ def source_settings(spec: PlatformSpec, secrets: tuple[str, ...] | None = None) 
     )
 
 
+def scheme(spec: PlatformSpec) -> SignatureScheme:
+    """The scheme of a source configured like the sample (a custom source chooses its own)."""
+    return spec.scheme_of(spec.sample.options)
+
+
+def wrong_secret(spec: PlatformSpec) -> str:
+    """A secret of the form the scheme takes (a Standard Webhooks `whsec_`, a basic-auth
+    `user:password`) that no sample source is configured with."""
+    for candidate in (WRONG, "whsec_" + base64.b64encode(WRONG.encode()).decode(), f"u:{WRONG}"):
+        if scheme(spec).secret_problem(candidate) is None:
+            return candidate
+    raise AssertionError(f"{spec.name}: no wrong secret of the scheme's form")
+
+
 def signed_headers(
     spec: PlatformSpec, raw: bytes, secret: str | None = None, now: float = NOW
 ) -> dict[str, str]:
     """The sample's unsigned headers plus the signature the platform would send."""
     secret = spec.sample.secrets[0] if secret is None else secret
-    return {**spec.sample.headers, **spec.scheme.sign(raw, secret, now, url=URL)}
+    return {**spec.sample.headers, **scheme(spec).sign(raw, secret, now, url=URL)}
 
 
 def signature_names(spec: PlatformSpec) -> list[str]:
-    return sorted(spec.scheme.sign(b"{}", spec.sample.secrets[0], NOW, url=URL))
+    return sorted(scheme(spec).sign(b"{}", spec.sample.secrets[0], NOW, url=URL))
 
 
 def verify(
@@ -154,8 +168,9 @@ def verify(
     headers: dict[str, str],
     now: float = NOW,
     secrets: tuple[str, ...] | None = None,
+    url: str = URL,
 ) -> None:
-    spec.verify(SignedRequest.post(raw, headers, URL), source_settings(spec, secrets), now)
+    spec.verify(SignedRequest.post(raw, headers, url), source_settings(spec, secrets), now)
 
 
 def source_name(name: str) -> str:
@@ -208,11 +223,14 @@ def test_known_answer_from_the_platform_verifies_and_is_what_we_sign(name: str) 
     """The platform's own example (SDK test or documentation; SOURCES.md), so signing cannot
     merely agree with itself."""
     spec, case = REGISTRY[name], known_answer(name)
-    raw = case["body"].encode()
-    verify(spec, raw, case["headers"], case["now"], (case["secret"],))
-    assert spec.scheme.sign(raw, case["secret"], case["signed_at"], url=URL) == case["signed"]
+    raw, url = case["body"].encode(), case.get("url", URL)  # the URL the platform signed
+    verify(spec, raw, case["headers"], case["now"], (case["secret"],), url)
+    signed = scheme(spec).sign(
+        raw, case["secret"], case["signed_at"], url=url, delivery_id=case.get("delivery_id")
+    )
+    assert signed == case["signed"]
     with pytest.raises(SignatureError):
-        verify(spec, raw, case["headers"], case["now"], (case["secret"] + "x",))
+        verify(spec, raw, case["headers"], case["now"], (case["secret"] + "x",), url)
 
 
 @pytest.mark.parametrize("name", PLATFORMS)
@@ -221,7 +239,7 @@ def test_signed_sample_verifies_and_parses(name: str) -> None:
     raw = sample_body(spec)
     headers = signed_headers(spec, raw)
     verify(spec, raw, headers)
-    result = spec.parse({k.lower(): v for k, v in headers.items()}, raw)
+    result = spec.parser(spec.sample.options)({k.lower(): v for k, v in headers.items()}, raw)
     assert result.delivery_key and result.topic
 
 
@@ -230,7 +248,7 @@ def test_signature_with_a_secret_not_configured_is_refused(name: str) -> None:
     spec = REGISTRY[name]
     raw = sample_body(spec)
     with pytest.raises(SignatureError):
-        verify(spec, raw, signed_headers(spec, raw, WRONG))
+        verify(spec, raw, signed_headers(spec, raw, wrong_secret(spec)))
 
 
 @pytest.mark.parametrize("name", PLATFORMS)
@@ -242,7 +260,7 @@ def test_body_changed_after_signing_is_refused(name: str) -> None:
     middle = len(raw) // 2
     flipped = raw[:middle] + bytes([raw[middle] ^ 1]) + raw[middle + 1 :]
     for changed in (raw + b" ", flipped, raw[:-1]):
-        if spec.scheme.signs_body:
+        if scheme(spec).signs_body:
             with pytest.raises(SignatureError):
                 verify(spec, changed, headers)
         else:  # basic auth proves the sender only; the contract says so rather than skip
@@ -303,7 +321,7 @@ def test_secret_rotation_accepts_the_previous_secret(name: str) -> None:
 def test_time_window_where_the_scheme_has_one(name: str) -> None:
     spec = REGISTRY[name]
     raw = sample_body(spec)
-    if spec.scheme.window_seconds is None:
+    if scheme(spec).window_seconds is None:
         # Nothing signed says when: a replay verifies, and the delivery key makes it a
         # duplicate (test_a_retry_signed_later_is_stored_once).
         verify(spec, raw, signed_headers(spec, raw, now=NOW - 365 * 86400))

@@ -23,10 +23,13 @@ from typing import Any
 from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from adapters import REGISTRY
+from adapters.base import PlatformSpec
 from adapters.payload import email_digest
-from webhooks.core.errors import ConvertWebhooksError
+from webhooks.core.errors import PARSE_FAILURES, ConvertWebhooksError, PayloadError
+from webhooks.core.events import SENDABLE_KINDS, NormalizedEvent, ParseResult
 from webhooks.core.logs import configure_logging, escape
-from webhooks.core.settings import MIN_KEEP_DAYS, Settings
+from webhooks.core.settings import MIN_KEEP_DAYS, Settings, SourceSettings
 from webhooks.core.states import DeliveryStatus, EventState
 from webhooks.storage.clock import SystemClock
 from webhooks.storage.digests import keyed_digest
@@ -66,6 +69,25 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check-config", help="validate the config and name each bad key")
+    check.add_argument(
+        "--sample",
+        type=Path,
+        metavar="FILE.json",
+        help="also show what a source makes of this body: its event(s), or why it is "
+        "ignored or refused; nothing is stored or sent",
+    )
+    check.add_argument(
+        "--source",
+        help="the source that reads --sample (default: the only custom or standard_webhooks "
+        "source)",
+    )
+    check.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header the sender sends with --sample (e.g. its delivery id); repeatable",
+    )
     check.set_defaults(handler=_check_config)
 
     ev = sub.add_parser("events", help="list events, or `events show ID`")
@@ -161,7 +183,120 @@ def _check_config(args: argparse.Namespace) -> int:
     api = f"on, {tokens} token(s)" if tokens else "off (no exposures.tokens)"
     keyed = "keyed" if settings.privacy.email_key else "plain SHA-256 (no privacy.email_key)"
     print(f"  exposure API: {api}; email digests: {keyed}")
+    if args.sample is not None:
+        return _map_sample(settings, args.sample, args.source, args.header)
     return 0
+
+
+# --- check-config --sample: a body through a source's mapping, stored nowhere ---------------
+
+# Platforms whose sources map the body with their own field mapping: the default --source is
+# the only source of these (any other source can be named).
+MAPPED_PLATFORMS = frozenset({"custom", "standard_webhooks"})
+
+
+def _map_sample(settings: Settings, path: Path, name: str | None, header_args: list[str]) -> int:
+    """Print the sample's outcome as the source's parser sees it. 0: mapped (to events or
+    ignored with a reason), 1: refused as the service would refuse it (400), 2: unusable."""
+    source = _sample_source(settings, name)
+    headers = _header_args(header_args)
+    if source is None or headers is None:
+        return 2
+    try:
+        raw = _read_limited(path, settings.max_body_bytes)
+    except OSError as exc:
+        print(f"error: cannot read {escape(str(path))}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if raw is None:
+        limit = settings.max_body_bytes
+        print(f"error: the sample is over server.max_body_bytes ({limit}): 413", file=sys.stderr)
+        return 2
+    spec = REGISTRY[source.platform]
+    # The headers the sender's signature brings (Standard Webhooks' webhook-id), then the
+    # given ones: the parser reads what a signed delivery of this body would carry.
+    signed = _signature_headers(spec, source, raw)
+    try:
+        result = spec.parser(source.options)({**signed, **headers}, raw)
+    except (PayloadError, *PARSE_FAILURES) as exc:
+        print(f"sample: refused (400) by source {source.name}: {escape(str(exc))}")
+        return 1
+    print(_json(_sample_outcome(source, result)))
+    return 0
+
+
+def _sample_source(settings: Settings, name: str | None) -> SourceSettings | None:
+    if name is not None:
+        source = settings.sources.get(name)
+        if source is None:
+            print(f"error: no source {escape(name)} in the config", file=sys.stderr)
+        return source
+    mapped = [s for s in settings.sources.values() if s.platform in MAPPED_PLATFORMS]
+    if len(mapped) == 1:
+        return mapped[0]
+    found = ", ".join(s.name for s in mapped) or "none"
+    print(f"error: name the source with --source (mapped sources: {found})", file=sys.stderr)
+    return None
+
+
+def _header_args(values: list[str]) -> dict[str, str] | None:
+    headers: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition(":")
+        if not sep or not name.strip():
+            print("error: --header takes 'NAME: VALUE'", file=sys.stderr)
+            return None
+        headers[name.strip().lower()] = text.strip()
+    return headers
+
+
+def _read_limited(path: Path, limit: int) -> bytes | None:
+    with path.open("rb") as handle:
+        raw = handle.read(limit + 1)
+    return None if len(raw) > limit else raw
+
+
+def _signature_headers(spec: PlatformSpec, source: SourceSettings, raw: bytes) -> dict[str, str]:
+    scheme = spec.scheme_of(source.options)
+    try:
+        signed = scheme.sign(raw, source.secrets[0], time.time(), url=source.url)
+    except ValueError:  # a scheme that cannot sign here (no URL): the body alone, then
+        return {}
+    return {name.lower(): value for name, value in signed.items()}
+
+
+def _sample_outcome(source: SourceSettings, result: ParseResult) -> dict[str, Any]:
+    outcome: dict[str, Any] = {
+        "source": source.name,
+        "platform": source.platform,
+        "outcome": "accepted" if result.events else "ignored",
+        "delivery_key": result.delivery_key,
+        "event_type": result.topic,
+    }
+    if result.reason:
+        outcome["reason"] = result.reason
+    outcome["events"] = [_sample_event(source, event) for event in result.events]
+    return outcome
+
+
+def _sample_event(source: SourceSettings, event: NormalizedEvent) -> dict[str, Any]:
+    revenue = event.revenue(source.revenue)
+    shown: dict[str, Any] = {
+        "kind": str(event.kind),
+        "order_id": event.order_id,
+        "revenue": f"{revenue.amount} {revenue.currency}",
+        "item_count": event.item_count,
+        "test_mode": event.test_mode,
+        "occurred_at": _iso(event.occurred_at) if event.occurred_at else "unknown",
+        "customer_id": event.customer_id,
+        "email_digest": event.email_digest,
+        "refund_of": event.refund_of,
+        "attributes": dict(event.attributes),
+    }
+    if event.kind not in SENDABLE_KINDS:
+        shown["note"] = f"{event.kind} events are recorded, not sent"
+    elif event.test_mode and not source.allow_test_events:
+        shown["note"] = "test mode: stored, not sent (the source does not allow test events)"
+    return shown
 
 
 def _events(args: argparse.Namespace) -> int:

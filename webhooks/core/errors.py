@@ -62,3 +62,14 @@ class BodyTooLargeError(RequestBodyError):
     """The request body is larger than `server.max_body_bytes`."""
 
     http_status = 413
+
+
+class FetchFailed(ConvertWebhooksError):  # noqa: N818 (a condition, like StopIteration)
+    """A platform API call lent to an adapter's details step had no answer to give: a
+    network error, a timeout, an answer past the size cap, 429 or a 5xx. Never reaches a
+    client: the dispatcher waits (at least `retry_after` seconds when the platform said so)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after

@@ -54,6 +54,9 @@ MAX_ATTRIBUTES = 250
 MAX_ATTRIBUTE_KEY_CHARS = 255
 MAX_ATTRIBUTE_VALUE_CHARS = 65_536  # also what attribution reads of one value
 MAX_ATTRIBUTES_TOTAL_CHARS = 131_072
+# ISO 4217's "no currency": the amount of an event whose amount only the platform's API
+# knows (adapters/base.py, provisional_amount). A purchase in it must name its details_ref.
+PROVISIONAL_CURRENCY = "XXX"
 
 # C0 and C1 controls, DEL, line/paragraph separators, bidi overrides and unpaired surrogates
 # (JSON "\ud800" decodes to one): none belongs in an id, a log line or a terminal.
@@ -196,7 +199,9 @@ class NormalizedEvent:
     ("total" always, "presentment_total" and "subtotal" where known); the source's config picks
     one. `attributes` holds the order's string metadata (Stripe metadata, Shopify
     note_attributes) where the experiment pairs are looked up later, bounded (see above).
-    `occurred_at` is Unix seconds in [0, MAX_TIMESTAMP].
+    `occurred_at` is Unix seconds in [0, MAX_TIMESTAMP]. `details_ref`, when set, says the
+    event awaits its details from the platform's API (its spec's details step reads it to
+    find the order); an amount in PROVISIONAL_CURRENCY needs one.
     """
 
     kind: EventKind
@@ -210,6 +215,7 @@ class NormalizedEvent:
     customer_id: str | None = None
     email_digest: str | None = None
     refund_of: str | None = None
+    details_ref: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -227,6 +233,8 @@ class NormalizedEvent:
             check_id(self.customer_id, "customer id")
         if self.refund_of is not None:
             check_id(self.refund_of, "refunded order id")
+        if self.details_ref is not None:
+            check_id(self.details_ref, "details reference")
         if self.email_digest is not None and not (
             isinstance(self.email_digest, str) and _DIGEST.fullmatch(self.email_digest)
         ):
@@ -239,6 +247,11 @@ class NormalizedEvent:
             check_key(basis, "revenue basis", 32)
             if not isinstance(money, Money):
                 raise PayloadError("an amount is not Money")
+            # A purchase in XXX could only be sent with an amount that is not known: it must
+            # await its details. (A refund, recorded only, may say "no currency".)
+            unknown = money.currency == PROVISIONAL_CURRENCY and self.details_ref is None
+            if unknown and self.kind in SENDABLE_KINDS:
+                raise PayloadError("an amount not known yet needs a details reference")
 
     def revenue(self, basis: str) -> Money:
         """The amount for the configured basis, falling back to the order total."""

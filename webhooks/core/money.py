@@ -12,6 +12,7 @@ is positive, like the platforms send it. Errors name the field, never the value.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 
 from webhooks.core.errors import PayloadError
@@ -93,6 +94,38 @@ def from_minor_units(amount: object, exponent: int, what: str = "amount") -> Dec
     if not 0 <= amount < MAX_AMOUNT * 10**exponent:  # before Decimal: no huge ints past here
         raise PayloadError(f"field '{what}' is out of range")
     return checked_amount(Decimal(amount).scaleb(-exponent), what)
+
+
+# ISO 4217 minor units that are not 2 (the list's "minor unit" column), for platforms that send
+# minor units by ISO's table (Stripe has its own: adapters/stripe.py). Codes without a minor
+# unit (gold, SDRs, the test and "no currency" codes) cannot be read as minor units at all.
+ISO_ZERO_DECIMAL = frozenset(
+    ("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG")
+    + ("RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF")
+)
+ISO_EXPONENTS: Mapping[str, int] = {
+    **dict.fromkeys(ISO_ZERO_DECIMAL, 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+}
+NO_MINOR_UNIT = frozenset(
+    ("XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XDR", "XPD", "XPT", "XSU", "XTS", "XUA", "XXX")
+)
+
+
+def iso_exponent(currency: str) -> int | None:
+    """The currency's ISO 4217 minor unit: 2 unless listed above; None when it has none."""
+    if currency in NO_MINOR_UNIT:
+        return None
+    return ISO_EXPONENTS.get(currency, 2)
+
+
+def from_iso_minor_units(amount: object, currency: str, what: str = "amount") -> Decimal:
+    """An integer amount in the currency's ISO 4217 minor units, in major units."""
+    exponent = iso_exponent(currency)
+    if exponent is None:
+        raise PayloadError(f"field '{what}' is in a currency without minor units")
+    return from_minor_units(amount, exponent, what)
 
 
 def from_decimal_string(value: object, what: str) -> Decimal:

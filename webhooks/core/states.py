@@ -63,6 +63,9 @@ class Reason(StrEnum):
     # An attribution lookup asked to be tried again later (an API timed out, data may still
     # arrive): pending, due then, and not counted as an attempt.
     LOOKUP_LATER = "lookup_later"
+    # The platform's API says the order the webhook named is not a paid purchase (yet): not
+    # sent; a later delivery for the same order reads it again.
+    NOT_A_PURCHASE = "not_a_purchase"
 
 
 # An event skipped for one of these is woken again when a later delivery of the same

@@ -190,7 +190,8 @@ class Round:
                 if row.id in sent.unknown:
                     continue  # an outcome is not known: leave it leased (see run)
                 decided = self._decide_safely(row, plan.hits, plan.note, claim, sent, now)
-                finishes.append((row, replace(decided, attributed=plan.attributed)))
+                done = replace(decided, attributed=plan.attributed, details=plan.details)
+                finishes.append((row, done))
                 continue
             finishes.append((row, plan))
         return finishes

@@ -30,6 +30,7 @@ from webhooks.core.logs import describe
 from webhooks.core.observe import NullObserver, Observer
 from webhooks.core.settings import Settings
 from webhooks.delivery.breaker import Breaker
+from webhooks.delivery.details import DetailsStep
 from webhooks.delivery.planner import Planner, default_chain
 from webhooks.delivery.recording import DATABASE_ERRORS, Writer
 from webhooks.delivery.round import Round, RoundParts
@@ -68,8 +69,8 @@ class Dispatcher:
         self._crashes = 0
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
-        # The platforms' APIs (customer records, item counts): one session and one backoff
-        # per dispatcher, closed when it stops.
+        # The platforms' APIs (order details, customer records, item counts): one session and
+        # one backoff per dispatcher, closed when it stops.
         self.api = PlatformApi()
         backoff = Backoff(clock)
         self.parts = RoundParts(
@@ -82,6 +83,7 @@ class Dispatcher:
                 client,
                 chain or default_chain(settings, engine, clock, self.api, backoff),
                 CheckoutItemCounts(settings.sources, self.api, clock, backoff=backoff),
+                DetailsStep(settings.sources, self.api, backoff, settings.privacy.email_key),
             ),
             breaker=self.breaker,
             pool=ThreadPoolExecutor(SEND_CONCURRENCY, thread_name_prefix="convert-send"),

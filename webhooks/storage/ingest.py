@@ -47,7 +47,7 @@ from webhooks.core.settings import GoalSet, SourceSettings
 from webhooks.core.states import WAITING_FOR_PAIRS, DeliveryStatus, EventState, Reason
 from webhooks.storage.database import transaction
 from webhooks.storage.digests import stored_digest
-from webhooks.storage.schema import deliveries, events, exposures
+from webhooks.storage.schema import DETAILS_PENDING, deliveries, events, exposures
 
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 # What a driver raises for a value it cannot bind: sqlite3 an OverflowError for an int past
@@ -333,6 +333,9 @@ def _store_event(
         "attributes": json.dumps(dict(event.attributes)),
         "test_mode": event.test_mode,
         "occurred_at": event.occurred_at,
+        # An event from a thin webhook waits for its details (never sent before them).
+        "details": DETAILS_PENDING if event.details_ref is not None else None,
+        "details_ref": event.details_ref,
         "state": state,
         "reason_code": code,
         "reason": reason,
@@ -371,6 +374,18 @@ def _merge_into_existing(
     ).one()
     known = json.loads(row.attributes)
     added = {k: v for k, v in event.attributes.items() if k not in known}
+    if _asks_again(row, event):
+        _read_details_again(conn, row, event, json.dumps(known | added), now)
+        return int(row.id)
+    if row.state == EventState.PENDING and row.details == DETAILS_PENDING and event.details_ref:
+        # A read of the order may be in flight with what it was a moment ago (unpaid): the
+        # new revision makes that round leave the event due instead of settling on it.
+        conn.execute(
+            update(events)
+            .where(events.c.id == row.id)
+            .values(attributes=json.dumps(known | added), revision=row.revision + 1, updated_at=now)
+        )
+        return int(row.id)
     waiting = row.state == EventState.SKIPPED and row.reason_code in WAITING_FOR_PAIRS
     if not (added and (row.state == EventState.PENDING or waiting)):
         # Retention keeps an event for its horizon after the LAST delivery naming the purchase,
@@ -398,6 +413,39 @@ def _merge_into_existing(
             )
         )
     return int(row.id)
+
+
+def _asks_again(row: Any, event: NormalizedEvent) -> bool:
+    """A purchase the platform's API called "not a purchase" (skipped as not sent, with its
+    details still pending), named again by a later delivery: the order may be paid now (a
+    BigCommerce order read while incomplete, then a status change to a paid one)."""
+    return (
+        row.state == EventState.SKIPPED
+        and row.reason_code == Reason.NOT_A_PURCHASE
+        and row.details == DETAILS_PENDING
+        and event.details_ref is not None
+        and EventKind(row.kind) in SENDABLE_KINDS
+    )
+
+
+def _read_details_again(
+    conn: Connection, row: Any, event: NormalizedEvent, attributes: str, now: float
+) -> None:
+    conn.execute(
+        update(events)
+        .where(events.c.id == row.id)
+        .values(
+            state=EventState.PENDING,
+            reason_code=Reason.QUEUED,
+            reason="queued: a later delivery names the order again; its details are read again",
+            details_ref=event.details_ref,
+            attributes=attributes,
+            revision=row.revision + 1,
+            horizon_start=now,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )
 
 
 def redact(

@@ -14,6 +14,7 @@ from webhooks.storage.schema import (
     V2_COLUMNS,
     V2_INDEXES,
     V4_COLUMNS,
+    V6_COLUMNS,
     exposures,
     metadata,
     readiness,
@@ -70,6 +71,12 @@ def _v5_exposure_store(conn: Connection) -> None:
     storage_settings.create(conn, checkfirst=True)
 
 
+def _v6_details_on_events(conn: Connection) -> None:
+    """Events whose webhook is thin record whether their details were fetched from the
+    platform's API and what finds them there (both NULL for every event stored so far)."""
+    _add_columns(conn, V6_COLUMNS)
+
+
 def _add_columns(conn: Connection, added: Mapping[str, Sequence[str]]) -> None:
     """Add the columns (nullable, as in the metadata) a table does not have yet."""
     inspector = inspect(conn)
@@ -88,6 +95,7 @@ MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _v3_send_format_and_payload,
     _v4_attribution_on_events,
     _v5_exposure_store,
+    _v6_details_on_events,
 )
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Row, and_, or_, select, text, update
 
 from webhooks.core.hits import SendOutcome
 from webhooks.core.states import SEND_STATE_OF, EventState, Outcome, Reason, SendState
-from webhooks.storage.schema import events, sends
+from webhooks.storage.schema import DETAILS_FETCHED, events, sends
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,19 @@ class Attributed:
     place: str  # e.g. "order attribute 'convert_experiments'"
     format: str  # e.g. "plain"
     visitor_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchedDetails:
+    """An event's details as the platform's API gave them, in the form of its columns: they
+    replace the provisional values (see schema.py, `details`)."""
+
+    amount: str  # Decimal as text
+    currency: str
+    item_count: int
+    attributes: str  # JSON object: the event's own attributes and the ones the API added
+    customer_id: str | None
+    email_digest: str | None  # as stored (keyed when a key is configured)
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class Finish:
     attempted: bool = False  # Convert requests were made in this round
     only_if_revision: int | None = None  # skip the update if new data arrived meanwhile
     attributed: Attributed | None = None  # None: not attributed (yet)
+    details: FetchedDetails | None = None  # read from the platform's API in this round
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,11 @@ _FINISH_EVENT = text(
     " next_attempt_at = COALESCE(:next_attempt_at, next_attempt_at),"
     " attempts = attempts + :increment, lease_owner = NULL, lease_until = NULL,"
     " attributed_from = :place, attribution_format = :format, visitor_id = :visitor_id,"
+    " amount = COALESCE(:d_amount, amount), currency = COALESCE(:d_currency, currency),"
+    " item_count = COALESCE(:d_items, item_count),"
+    " attributes = COALESCE(:d_attributes, attributes),"
+    " customer_id = COALESCE(:d_customer, customer_id),"
+    " email_digest = COALESCE(:d_digest, email_digest), details = COALESCE(:d_state, details),"
     " updated_at = :now WHERE id = :id AND lease_owner = :owner"
 )
 
@@ -195,6 +214,7 @@ def finish_events(
                     "next_attempt_at": done.next_attempt_at,
                     "increment": int(done.attempted),
                     **_attribution(done),
+                    **_details(done.details),
                 }
                 for row, done in plain
             ],
@@ -211,6 +231,50 @@ def _attribution(done: Finish) -> dict[str, str | None]:
         "format": found.format if found else None,
         "visitor_id": found.visitor_id if found else None,
     }
+
+
+_NO_DETAILS = {
+    "d_amount": None,
+    "d_currency": None,
+    "d_items": None,
+    "d_attributes": None,
+    "d_customer": None,
+    "d_digest": None,
+    "d_state": None,
+}
+
+
+def _details(found: FetchedDetails | None) -> dict[str, Any]:
+    """The columns the details replace (None: each keeps its value, via COALESCE)."""
+    if found is None:
+        return _NO_DETAILS
+    return {
+        "d_amount": found.amount,
+        "d_currency": found.currency,
+        "d_items": found.item_count,
+        "d_attributes": found.attributes,
+        "d_customer": found.customer_id,
+        "d_digest": found.email_digest,
+        "d_state": DETAILS_FETCHED,
+    }
+
+
+def _details_values(found: FetchedDetails | None) -> dict[str, Any]:
+    """The same as column values for an update() (only what the details give)."""
+    if found is None:
+        return {}
+    values: dict[str, Any] = {
+        "amount": found.amount,
+        "currency": found.currency,
+        "item_count": found.item_count,
+        "attributes": found.attributes,
+        "details": DETAILS_FETCHED,
+    }
+    if found.customer_id is not None:
+        values["customer_id"] = found.customer_id
+    if found.email_digest is not None:
+        values["email_digest"] = found.email_digest
+    return values
 
 
 def _send_row(outcome: SendOutcome, now: float) -> dict[str, Any]:
@@ -245,12 +309,14 @@ def _finish_unless_revised(
             attributed_from=found.place if found else None,
             attribution_format=found.format if found else None,
             visitor_id=found.visitor_id if found else None,
+            **_details_values(done.details),
             **due,
             **released,
         )
     ).rowcount
     if not updated:
-        # New experiment data arrived while we worked: leave it due now.
+        # New experiment data arrived while we worked: leave it due now. Details read in this
+        # round are not kept (their attributes would replace the new data): read again.
         conn.execute(update(events).where(held).values(next_attempt_at=now, **released))
 
 

@@ -98,6 +98,12 @@ events = Table(
     Column("attributed_from", String(255)),
     Column("attribution_format", String(32)),
     Column("visitor_id", String(255)),
+    # Details from the platform's API (version 6): NULL when the webhook carried everything,
+    # else DETAILS_PENDING until the dispatcher fetched them (the amount, count, attributes
+    # and customer then stored are the API's), then DETAILS_FETCHED. `details_ref` is what
+    # the platform's details step reads to find the order.
+    Column("details", String(16)),
+    Column("details_ref", String(255)),
     UniqueConstraint("project_id", "platform", "order_id", "kind", name="uq_business"),
 )
 Index("ix_events_due", events.c.state, events.c.next_attempt_at)
@@ -187,6 +193,9 @@ storage_settings = Table(
 # Columns each migration adds to a table that already existed (see migrations.MIGRATIONS).
 V2_COLUMNS = {"deliveries": ("customer_id", "email_digest")}
 V4_COLUMNS = {"events": ("attributed_from", "attribution_format", "visitor_id")}
+V6_COLUMNS = {"events": ("details", "details_ref")}
+DETAILS_PENDING = "pending"
+DETAILS_FETCHED = "fetched"
 V2_INDEXES = (
     "ix_deliveries_received",
     "ix_deliveries_customer",

@@ -28,6 +28,7 @@ from webhooks.core.errors import (
     StorageError,
     UnstorableError,
 )
+from webhooks.core.events import ParseResult
 from webhooks.core.logs import describe
 from webhooks.core.observe import IngestSeen
 from webhooks.core.settings import SourceSettings
@@ -112,12 +113,15 @@ def _receive(rt: Runtime, source: SourceSettings) -> IngestOutcome:
     headers = {name.lower(): value for name, value in request.headers.items()}
     adapter = REGISTRY[source.platform]
     now = rt.clock.now()
-    # The URL as configured for the source, never rebuilt from Host: a sender controls that.
-    _verify(adapter, source, SignedRequest(request.method, source.url, Headers(headers), raw), now)
-    try:
-        result = adapter.parse(headers, raw)
-    except (PayloadError, *PARSE_FAILURES) as exc:
-        _keep_rejected(rt, source, headers, raw, exc, now, UNREADABLE_TOPIC)
+    result = _ping(adapter, source, headers, raw)
+    if result is None:
+        # The URL as configured for the source, never rebuilt from Host: a sender controls it.
+        signed = SignedRequest(request.method, source.url, Headers(headers), raw)
+        _verify(adapter, source, signed, now)
+        try:
+            result = rt.parser(source)(headers, raw)
+        except (PayloadError, *PARSE_FAILURES) as exc:
+            _keep_rejected(rt, source, headers, raw, exc, now, UNREADABLE_TOPIC)
     rt.ensure_schema()
     settings = rt.settings
     delivery = Delivery(
@@ -179,6 +183,18 @@ def read_body(limit: int) -> bytes:
     if size > limit:
         raise BodyTooLargeError(f"body is larger than {limit} bytes")
     return b"".join(chunks)
+
+
+def _ping(
+    adapter: PlatformSpec, source: SourceSettings, headers: dict[str, str], raw: bytes
+) -> ParseResult | None:
+    """A platform's unsigned ping as an ignored delivery (stored, answered 200), or None.
+    Anything that is not exactly a ping goes on to verification."""
+    try:
+        return adapter.unsigned_ping(headers, raw)
+    except Exception as exc:  # a ping reader that trips is a refusal, never a 500
+        log.warning("source=%s: ping check failed: %s", source.name, describe(exc))
+        raise SignatureError("request is neither a ping nor signed") from exc
 
 
 def _verify(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +52,34 @@ _DIGITS = validate.Regexp(r"\A[0-9]{1,20}\Z", error="must be ASCII digits only")
 MIN_SECRET_LENGTH = 16
 DEFAULT_TOLERANCE_SECONDS = 300
 # The secrets config/example.toml falls back to: fine for a dry run, never for real sending.
-EXAMPLE_SECRETS = frozenset({"whsec_example_secret", "shpss_example_secret"})
+EXAMPLE_SECRETS = frozenset(
+    {
+        "whsec_example_secret",
+        "shpss_example_secret",
+        "wc_example_secret_0001",
+        "pdl_ntfset_example_secret",
+        "lemonsqueezy_example_secret",
+    }
+)
 
 
 def _fail(message: str) -> bool:
     raise ValidationError(message)
 
 
-def _secret(value: str) -> None:
-    if value != value.strip():
-        raise ValidationError("has leading or trailing whitespace (a pasted newline?)")
-    if len(value) < MIN_SECRET_LENGTH:
-        raise ValidationError(f"is shorter than {MIN_SECRET_LENGTH} characters")
+def _key_text(minimum: int) -> Callable[[str], None]:
+    """A check for a secret written into the config: no stray whitespace, `minimum` characters."""
+
+    def check(value: str) -> None:
+        if value != value.strip():
+            raise ValidationError("has leading or trailing whitespace (a pasted newline?)")
+        if len(value) < minimum:
+            raise ValidationError(f"is shorter than {minimum} characters")
+
+    return check
+
+
+_secret = _key_text(MIN_SECRET_LENGTH)
 
 
 class _Strict(Schema):
@@ -140,22 +156,25 @@ class _SourceSchema(Schema):
         spec = REGISTRY.get(data.get("platform", ""))
         problems: dict[str, Any] = {}
         extra = self._options(data)
+        options: Mapping[str, Any] | None = None
         if spec is None or spec.options is None:
             problems.update({key: ["Unknown field."] for key in extra})
+            options = {}
         else:
             try:
-                spec.options(unknown=RAISE).load(extra)
+                options = spec.options(unknown=RAISE).load(extra)
             except ValidationError as exc:
                 problems.update(_as_dict(exc.messages))
-        if spec is not None:
+        if spec is not None and options is not None:
+            scheme = spec.scheme_of(options)
             bad = {
                 i: [problem]
                 for i, secret in enumerate(data.get("secrets") or ())
-                if (problem := spec.scheme.secret_problem(secret))
+                if (problem := scheme.secret_problem(secret))
             }
             if bad:
                 problems["secrets"] = bad
-            if spec.scheme.needs_url and data.get("url") is None:
+            if scheme.needs_url and data.get("url") is None:
                 problems["url"] = ["is required: this platform signs the URL it calls"]
         if problems:
             raise ValidationError(problems)
@@ -199,14 +218,7 @@ MIN_EMAIL_KEY_LENGTH = 32
 class _PrivacySchema(_Strict):
     # The HMAC key of email digests, from the environment ("${VAR}"); it must never change
     # (digests made with another key no longer match).
-    email_key = fields.String(load_default=None, validate=lambda v: _email_key_problem(v))
-
-
-def _email_key_problem(value: str) -> None:
-    if value != value.strip():
-        raise ValidationError("has leading or trailing whitespace (a pasted newline?)")
-    if len(value) < MIN_EMAIL_KEY_LENGTH:
-        raise ValidationError(f"is shorter than {MIN_EMAIL_KEY_LENGTH} characters")
+    email_key = fields.String(load_default=None, validate=_key_text(MIN_EMAIL_KEY_LENGTH))
 
 
 class _DatabaseSchema(_Strict):
@@ -372,7 +384,8 @@ def _tolerance(source: Mapping[str, Any]) -> int:
     if source["tolerance_seconds"] is not None:
         tolerance: int = source["tolerance_seconds"]
         return tolerance
-    return REGISTRY[source["platform"]].scheme.window_seconds or DEFAULT_TOLERANCE_SECONDS
+    scheme = REGISTRY[source["platform"]].scheme_of(source["options"])
+    return scheme.window_seconds or DEFAULT_TOLERANCE_SECONDS
 
 
 def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:

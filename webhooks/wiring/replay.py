@@ -17,7 +17,7 @@ from adapters import REGISTRY
 from webhooks.core.errors import PARSE_FAILURES, ConvertWebhooksError, PayloadError
 from webhooks.core.events import ParseResult
 from webhooks.core.logs import describe, escape
-from webhooks.core.settings import Settings
+from webhooks.core.settings import Settings, SourceSettings
 from webhooks.core.states import EventState, Reason, SendState
 from webhooks.storage.ingest import Delivery, IngestOutcome, checked_transaction, store_events
 from webhooks.storage.schema import deliveries, events, sends
@@ -46,7 +46,7 @@ def replay_delivery(
     if source is None:
         raise ReplayError(f"source '{escape(row.source)}' is no longer configured")
     headers = json.loads(row.headers)
-    result = _parse(source.platform, headers, row.body, delivery_id)
+    result = _parse(source, headers, row.body, delivery_id)
     delivery = Delivery(
         source,
         settings.convert.project_id,
@@ -62,11 +62,13 @@ def replay_delivery(
         raise ReplayError(f"delivery {delivery_id} cannot be stored: {escape(str(exc))}") from exc
 
 
-def _parse(platform: str, headers: dict[str, str], body: bytes, delivery_id: int) -> ParseResult:
+def _parse(
+    source: SourceSettings, headers: dict[str, str], body: bytes, delivery_id: int
+) -> ParseResult:
     """Parse a stored body again; a body that still fails says why (escaped: the message
     reaches a terminal), whatever the parser raised."""
     try:
-        return REGISTRY[platform].parse(headers, body)
+        return REGISTRY[source.platform].parser(source.options)(headers, body)
     except PayloadError as exc:
         reason = escape(str(exc))
     except PARSE_FAILURES as exc:

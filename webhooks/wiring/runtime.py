@@ -6,16 +6,19 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from adapters import REGISTRY
+from adapters.base import Parse
 from webhooks.convert.client import ConvertClient, make_client
 from webhooks.core.clock import Clock
 from webhooks.core.errors import StorageError
 from webhooks.core.observe import NullObserver, Observer
-from webhooks.core.settings import Settings
+from webhooks.core.settings import Settings, SourceSettings
 from webhooks.delivery.worker import Dispatcher
 from webhooks.storage.database import make_engine, mark_ready
 from webhooks.storage.digests import rekey_email_digests
@@ -37,6 +40,8 @@ class Runtime:
     clock: Clock
     observer: Observer = field(default_factory=NullObserver)
     pruner: Pruner | None = None
+    # Each source's parse function, made once from its options (PlatformSpec.parser).
+    parsers: Mapping[str, Parse] = field(default_factory=dict)
     owner: str = field(default_factory=process_name)
     _schema_ready: bool = False
     _schema_problem: str = "database unavailable"
@@ -76,6 +81,10 @@ class Runtime:
             self._schema_problem = str(exc)
             raise
         self._schema_ready = True
+
+    def parser(self, source: SourceSettings) -> Parse:
+        found = self.parsers.get(source.name)
+        return found if found is not None else source_parser(source)
 
     def readiness(self) -> list[str]:
         """What keeps this process from taking webhooks now; empty when it is ready.
@@ -127,12 +136,21 @@ def _kind(exc: SQLAlchemyError) -> str:
     )
 
 
-def build_runtime(
-    settings: Settings, clock: Clock, observer: Observer | None = None
-) -> Runtime:
+def source_parser(source: SourceSettings) -> Parse:
+    return REGISTRY[source.platform].parser(source.options)
+
+
+def build_runtime(settings: Settings, clock: Clock, observer: Observer | None = None) -> Runtime:
     """The one place the parts are put together (and where an observer is attached)."""
     observer = observer or NullObserver()
     engine = make_engine(settings.database_url, settings.busy_timeout_ms)
     client = make_client(settings.convert)
     dispatcher = Dispatcher(engine, settings, client, clock, observer)
-    return Runtime(settings, engine, client, dispatcher, clock, observer)
+    # Only per-source parsers are made ahead; the others are the spec's own parse, looked up
+    # when a delivery comes.
+    parsers = {
+        name: source_parser(source)
+        for name, source in settings.sources.items()
+        if REGISTRY[source.platform].configure is not None
+    }
+    return Runtime(settings, engine, client, dispatcher, clock, observer, parsers=parsers)
