@@ -38,7 +38,9 @@ EXAMPLE_SECRETS = {  # config/example.toml's
 }
 
 
-def sample_request(platform: str) -> tuple[bytes, dict[str, str]]:
+def sample_request(platform: str, url: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The sample's body and headers, signed; `url` is the address it is posted to (a scheme
+    that signs the URL, Square's, signs that one; else the sample's configured url)."""
     spec = REGISTRY[platform]
     payload = json.loads((FIXTURES / platform / spec.sample.fixture).read_text())
     headers = dict(spec.sample.headers)
@@ -48,7 +50,8 @@ def sample_request(platform: str) -> tuple[bytes, dict[str, str]]:
     default = EXAMPLE_SECRETS.get(platform, spec.sample.secrets[0])
     secret = os.environ.get(f"{platform.upper()}_WEBHOOK_SECRET", default)
     scheme = spec.scheme_of(spec.sample.options)
-    headers.update(scheme.sign(body, secret, time.time(), url=spec.sample.options.get("url")))
+    signed_url = url or spec.sample.options.get("url")
+    headers.update(scheme.sign(body, secret, time.time(), url=signed_url))
     return body, headers
 
 
@@ -59,9 +62,10 @@ def main(argv: list[str]) -> int:
     platform = argv[1]
     base = argv[2] if len(argv) > 2 else "http://127.0.0.1:8000"
     source = argv[3] if len(argv) > 3 else platform
-    body, headers = sample_request(platform)
+    url = f"{base}/webhooks/{source}"
+    body, headers = sample_request(platform, url)
     headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(f"{base}/webhooks/{source}", data=body, headers=headers)
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             print(response.status, response.read().decode())

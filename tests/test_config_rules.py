@@ -86,6 +86,17 @@ def test_retention_and_pair_cap_have_safe_bounds() -> None:
     )
 
 
+def test_retry_delays_have_an_upper_bound() -> None:
+    # A typo (an extra zero or three) must not park events for months.
+    assert "dispatcher.retry_max_delay_seconds" in problems_of(
+        dispatcher={"retry_max_delay_seconds": 7 * 86_400 + 1}
+    )
+    assert "dispatcher.retry_base_seconds" in problems_of(
+        dispatcher={"retry_base_seconds": 86_401}
+    )
+    assert problems_of(dispatcher={"retry_max_delay_seconds": 7 * 86_400}) == {}
+
+
 def test_source_names_with_a_trailing_newline_are_refused() -> None:
     source = {"platform": "stripe", "secrets": ["whsec_0123456789abcdef"]}
     problems = problems_of(sources={"stripe\n": source})

@@ -22,6 +22,7 @@ from tests.config_file import config_document
 from tests.conftest import FakeClock, Service
 from tests.convert_recorder import ConvertRecorder, order_counts
 from tests.payloads import experiments, shopify_order
+from webhooks.delivery.sending import Batch, Slots, Unstarted, _Flight
 from webhooks.delivery.worker import SEND_CONCURRENCY, Dispatcher
 from webhooks.storage.clock import SystemClock
 from webhooks.storage.queue import claim_due
@@ -266,7 +267,9 @@ def test_a_takeover_after_the_lease_resends_only_the_requests_not_recorded(
     round_a = threading.Thread(target=first.run_once)
     round_a.start()
     try:
-        assert eventually(lambda: sent_count(any_db_service) == 10), "A records as it goes"
+        recorded = eventually(lambda: sent_count(any_db_service) == 10)
+        seen = f"{len(recorder.arrived_paths())} arrived, {len(recorder.paths)} answered"
+        assert recorded, f"A records as it goes: {sent_count(any_db_service)} sent, {seen}"
         assert recorder.wait_for_arrivals(stalled.stop) == stalled.stop
         clock.advance(rt.settings.dispatcher.lease_seconds + 1)
         assert second.drain() == 20
@@ -284,6 +287,22 @@ def test_a_takeover_after_the_lease_resends_only_the_requests_not_recorded(
     with rt.engine.connect() as conn:
         late = conn.execute(select(attempts).where(attempts.c.status_code == 503)).all()
     assert len(late) == len(stalled)  # A's answers are still recorded as attempts
+
+
+def test_reports_that_came_while_the_collector_wanted_more_wake_it_when_it_wants_fewer() -> None:
+    """The collector records a group, then wants one report; two came during that commit
+    (while it wanted seven). It must wake for them now: the requests still out may be held
+    for a long time, and their results must not wait for them (this lost the race under load
+    before: two answered results unrecorded while eight requests hung)."""
+    flight = _Flight(expected=10)
+    slots = Slots(16)
+    flight.want(7)
+    for _ in (1, 2):
+        flight.report(Unstarted(Batch(())), slots)
+    assert not flight.wait(0)  # two of the seven wanted
+    flight.want(1)
+    assert flight.wait(0)
+    assert len(flight.ready()) == 2
 
 
 class SkewedClock(SystemClock):

@@ -6,6 +6,7 @@ what it pins."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from decimal import Decimal
@@ -171,10 +172,15 @@ def test_a_listed_session_that_is_unusable_is_a_failure(
     api: PlatformApi,
     clock: FakeClock,
     first: object,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     stripe_api.answer_next(listed([first]))
     counts = item_counts(sqlite_url, stripe_api, api, clock)
-    assert_failed_and_backed_off(counts, stripe_api, clock, "pi_1", asked=1)
+    with caplog.at_level(logging.INFO, "webhooks.attribution.enrich"):
+        assert_failed_and_backed_off(counts, stripe_api, clock, "pi_1", asked=1)
+    # The reason is our own sentence, logged once: a count that keeps failing leaves a trace.
+    said = [r.getMessage() for r in caplog.records if r.name == "webhooks.attribution.enrich"]
+    assert said == ["source=stripe: item count not read: the listed session has no id"]
 
 
 @pytest.mark.parametrize(

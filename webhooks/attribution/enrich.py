@@ -16,6 +16,7 @@ it. Failures feed the same per-source backoff as the customer lookup, and counts
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
@@ -32,6 +33,8 @@ from webhooks.attribution.customers import (
 from webhooks.core.clock import Clock
 from webhooks.core.events import MAX_ITEM_COUNT, MAX_LINE_QUANTITY
 from webhooks.core.settings import SourceSettings
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # Stripe's largest page
 MAX_PAGES = 10  # 1,000 line items; a longer list keeps the webhook's count
@@ -73,6 +76,8 @@ class CheckoutItemCounts:
         base, headers = access
         counted = self._count(base, headers, order, _FILTERS[prefix])
         if isinstance(counted, Failed):
+            # Our own sentence (never the answer's text): why the webhook's count is kept.
+            log.info("source=%s: item count not read: %s", source.name, counted.reason)
             self.backoff.failed(source.name, counted.retry_after)
             return None
         self.backoff.succeeded(source.name)

@@ -130,6 +130,16 @@ class _Flight:
             for outcome in item.outcomes:
                 log.warning("event %s: a late Convert answer was not recorded", outcome.event_id)
 
+    def want(self, count: int) -> None:
+        """Wake the collector once `count` reports wait for it. Reports that came while it
+        wanted more count too: lowering the bar with enough of them waiting wakes it now (else
+        a collector that records a group and then wants one report would sleep through the
+        two that came during that commit, until a next report that may never come)."""
+        with self._lock:
+            self.wake_after = count
+            if self._unseen >= count or not self._left:
+                self._arrived.set()
+
     def wait(self, timeout: float) -> bool:
         return self._arrived.wait(timeout)
 
@@ -185,7 +195,7 @@ class SendRound:
         recording = True
         while waiting:
             # The first result starts a group's clock; then wake for a full group.
-            flight.wake_after = self.group_size - len(group) if recording and group else 1
+            flight.want(self.group_size - len(group) if recording and group else 1)
             ready = self._next_batch(flight, group_due, len(waiting), sent.batches_done)
             if ready is None:  # the round stops waiting: what is in flight stays unknown
                 group += _sort(flight.abandon(), waiting, sent)

@@ -232,8 +232,13 @@ class _DispatcherSchema(_Strict):
     lease_seconds = fields.Integer(load_default=300, validate=validate.Range(min=10))
     poll_seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0.01))
     linger_seconds = fields.Float(load_default=0.01, validate=validate.Range(min=0, max=1))
-    retry_base_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.01))
-    retry_max_delay_seconds = fields.Float(load_default=3600.0, validate=validate.Range(min=0.01))
+    # Upper bounds: a typo (an extra zero or three) must not park events for months.
+    retry_base_seconds = fields.Float(
+        load_default=10.0, validate=validate.Range(min=0.01, max=86_400)
+    )
+    retry_max_delay_seconds = fields.Float(
+        load_default=3600.0, validate=validate.Range(min=0.01, max=7 * 86_400)
+    )
     retry_horizon_seconds = fields.Float(load_default=259200.0, validate=validate.Range(min=1))
 
 
