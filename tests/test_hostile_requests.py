@@ -60,7 +60,9 @@ def test_any_method_on_any_path_is_a_clear_answer(service: Service, method: str,
     response = service.client.open(path, method=method)
     if path.startswith("/webhooks/") and path != "/webhooks/":
         expected = 200 if method == "OPTIONS" else 405
-        assert (response.status_code, response.headers["Allow"]) == (expected, "POST, OPTIONS")
+        # Werkzeug lists the methods from a set: their order follows the string hash seed.
+        allowed = {method.strip() for method in response.headers["Allow"].split(",")}
+        assert (response.status_code, allowed) == (expected, {"POST", "OPTIONS"})
     else:
         assert response.status_code == 404
         assert "Allow" not in response.headers
