@@ -96,9 +96,10 @@ ChooseScheme = Callable[[Mapping[str, Any]], SignatureScheme]
 
 
 def provisional_amount() -> Money:
-    """The amount of an event whose amount only the platform's API knows: 0 in XXX, ISO 4217's
-    code for "no currency". Never sent: the event awaits its details (NormalizedEvent refuses
-    an XXX amount without a details_ref), and the dispatcher replaces it before any hit."""
+    """The amount of an event whose amount only the platform's API knows: 0 in
+    PROVISIONAL_CURRENCY, ISO 4217's code for "no currency". Never sent: the event awaits its
+    details (NormalizedEvent refuses that code without a details_ref), and the dispatcher
+    replaces it before any hit."""
     return Money(Decimal(0), PROVISIONAL_CURRENCY)
 
 

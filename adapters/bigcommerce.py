@@ -171,7 +171,7 @@ def _created(data: dict[str, Any], order_id: str, d: _Delivery) -> NormalizedEve
 def _refund_created(data: dict[str, Any], order_id: str, d: _Delivery) -> NormalizedEvent | str:
     refund_id = int_id(get_object(data, "refund").get("refund_id"), "data.refund.refund_id")
     # Recorded, not sent; its amount is only in the API (refunds are not read: it stays
-    # provisional, 0 XXX).
+    # provisional: 0 in ISO 4217's "no currency" code).
     return NormalizedEvent(
         kind=EventKind.REFUND,
         platform=platform,

@@ -28,9 +28,10 @@ from tests.convert_recorder import ConvertRecorder
 from tests.platform_api_standin import Reply
 from tests.square_api_standin import ACCESS_TOKEN, SquareApiStandin
 from webhooks.attribution.customers import Backoff, PlatformApi
+from webhooks.attribution.customers import parse_retry_after as retry_after
 from webhooks.core.errors import FetchFailed, PayloadError
 from webhooks.core.events import EventKind, Money, NormalizedEvent
-from webhooks.delivery.details import ApiFetch, DetailsStep, Wait, retry_after
+from webhooks.delivery.details import ApiFetch, DetailsStep, Wait
 from webhooks.storage.schema import events
 from webhooks.web.app import create_app
 from webhooks.wiring.config import settings_from_mapping

@@ -137,9 +137,9 @@ class PlatformApi:
             if status != 200:
                 retry_after = None
                 if status in (429, 503):
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return Failed(f"HTTP {status}", retry_after)
-            body = self._read(response, started)
+            body = self.read_body(response, started)
         finally:
             response.close()
         if isinstance(body, Failed):
@@ -152,7 +152,7 @@ class PlatformApi:
             return Failed("the answer is not a JSON object")
         return Fetched(data)
 
-    def _read(self, response: requests.Response, started: float) -> bytes | Failed:
+    def read_body(self, response: requests.Response, started: float) -> bytes | Failed:
         """The body, against the size cap and the total deadline. read1 returns what has
         arrived (at most one socket read), so the deadline is checked however slowly bytes
         come; iter_content would wait for a full chunk, each byte resetting the timeout."""
@@ -172,7 +172,7 @@ class PlatformApi:
         return b"".join(chunks)
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Delta-seconds only (both platforms send those), capped; anything else is ignored."""
     if value is None or not _DIGITS.match(value.strip()):
         return None

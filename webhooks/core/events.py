@@ -247,8 +247,8 @@ class NormalizedEvent:
             check_key(basis, "revenue basis", 32)
             if not isinstance(money, Money):
                 raise PayloadError("an amount is not Money")
-            # A purchase in XXX could only be sent with an amount that is not known: it must
-            # await its details. (A refund, recorded only, may say "no currency".)
+            # A purchase in ISO 4217's "no currency" code has an amount that is not known:
+            # it must await its details. (A refund, recorded only, may say "no currency".)
             unknown = money.currency == PROVISIONAL_CURRENCY and self.details_ref is None
             if unknown and self.kind in SENDABLE_KINDS:
                 raise PayloadError("an amount not known yet needs a details reference")

@@ -14,7 +14,6 @@ answer "later" at once, without a request (a down API is not asked once per queu
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
-import urllib3
 
 from adapters import REGISTRY
 from adapters.base import (
@@ -32,7 +30,7 @@ from adapters.base import (
     PlatformSpec,
     StoredEvent,
 )
-from webhooks.attribution.customers import MAX_RETRY_AFTER, Backoff, PlatformApi
+from webhooks.attribution.customers import Backoff, Failed, PlatformApi, parse_retry_after
 from webhooks.core.errors import FetchFailed, PayloadError
 from webhooks.core.events import (
     MAX_REASON_CHARS,
@@ -43,8 +41,6 @@ from webhooks.core.events import (
 from webhooks.core.settings import SourceSettings
 from webhooks.storage.digests import stored_digest
 from webhooks.storage.queue import FetchedDetails
-
-_DIGITS = re.compile(r"\A[0-9]{1,12}\Z", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -84,38 +80,18 @@ class ApiFetch:
             status = response.status_code
             if status == 429 or status >= 500:
                 raise FetchFailed(
-                    f"HTTP {status}", retry_after(response.headers.get("Retry-After"))
+                    f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
                 )
             return status, self._read(response, started)
         finally:
             response.close()
 
     def _read(self, response: requests.Response, started: float) -> bytes:
-        """The body against the size cap and the total deadline, as PlatformApi reads: read1
-        returns what has arrived, so a server trickling bytes meets the deadline too."""
-        api = self.api
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while chunk := response.raw.read1(16384, decode_content=True):
-                size += len(chunk)
-                if size > api.max_answer_bytes:
-                    raise FetchFailed(f"the answer is larger than {api.max_answer_bytes} bytes")
-                if time.monotonic() - started > api.total_seconds:
-                    raise FetchFailed("timed out")
-                chunks.append(chunk)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise FetchFailed(
-                f"network error while reading the answer ({type(exc).__name__})"
-            ) from exc
-        return b"".join(chunks)
-
-
-def retry_after(value: str | None) -> float | None:
-    """Delta-seconds only, capped at an hour; anything else (a date, garbage) is ignored."""
-    if value is None or not _DIGITS.match(value.strip()):
-        return None
-    return min(float(value.strip()), MAX_RETRY_AFTER)
+        """The body against PlatformApi's size cap and total deadline (its own reader)."""
+        body = self.api.read_body(response, started)
+        if isinstance(body, Failed):
+            raise FetchFailed(body.reason)
+        return body
 
 
 class DetailsStep:
