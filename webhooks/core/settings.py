@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from webhooks.core.events import EventKind
@@ -34,6 +35,29 @@ class GoalSet:
     transaction: tuple[str, ...]
 
 
+class ConvertFormat(StrEnum):
+    """How purchases are sent to Convert: fixed per event when it is stored, so a change of
+    format applies to new events only and no purchase goes out in both."""
+
+    LEGACY = "legacy"  # the GET push the product was specified from: one request per pair
+    V1 = "v1"  # the JSON tracking API (/v1/track): one visitor per purchase, many per POST
+
+
+@dataclass(frozen=True)
+class V1Settings:
+    """The JSON tracking API (`POST {base_url}/track/{account}/{project}`, or
+    `/track/{sdk_key}` with a bearer secret)."""
+
+    base_url: str = "https://metrics.convertexperiments.com/v1"
+    sdk_key: str | None = None
+    sdk_secret: str | None = field(default=None, repr=False)
+    enrich_data: bool = False
+    source: str | None = None  # None: "convert-webhooks/<version>"
+    batch_size: int = 50  # hits (purchases) per POST
+    batch_wait_seconds: float = 0.2  # how long a woken dispatcher gathers hits before a round
+    bucketing_events: bool = False  # also send a bucketing event per experience
+
+
 @dataclass(frozen=True)
 class ConvertSettings:
     account_id: str
@@ -42,6 +66,8 @@ class ConvertSettings:
     dry_run: bool
     connect_timeout: float
     read_timeout: float
+    format: ConvertFormat = ConvertFormat.LEGACY
+    v1: V1Settings = V1Settings()
 
 
 @dataclass(frozen=True)
@@ -90,6 +116,33 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """`GET /metrics` (Prometheus). With a token, a scrape must send `Authorization: Bearer`."""
+
+    enabled: bool = True
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The status page at `/admin`: off unless a password is configured."""
+
+    password: str | None = field(default=None, repr=False)
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # JSON lines unless stderr is a terminal
+    JSON = "json"
+    TEXT = "text"
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: LogFormat = LogFormat.AUTO
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
 class Settings:
     convert: ConvertSettings
     goals: Mapping[EventKind, GoalSet]
@@ -102,3 +155,6 @@ class Settings:
     retention: RetentionSettings = RetentionSettings(30.0, 3600.0)
     exposures: ExposureSettings = ExposureSettings()
     privacy: PrivacySettings = PrivacySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    admin: AdminSettings = AdminSettings()
+    logging: LoggingSettings = LoggingSettings()

@@ -29,15 +29,21 @@ from webhooks.core.errors import ConfigError
 from webhooks.core.events import SENDABLE_KINDS, EventKind
 from webhooks.core.settings import (
     MIN_KEEP_DAYS,
+    AdminSettings,
     AttributionSettings,
+    ConvertFormat,
     ConvertSettings,
     DispatcherSettings,
     ExposureSettings,
     GoalSet,
+    LogFormat,
+    LoggingSettings,
+    MetricsSettings,
     PrivacySettings,
     RetentionSettings,
     Settings,
     SourceSettings,
+    V1Settings,
 )
 
 CONFIG_ENV = "CONVERT_WEBHOOKS_CONFIG"
@@ -92,6 +98,29 @@ def _defaults(schema: type[Schema]) -> Any:
     return schema().load({})
 
 
+class _V1Schema(_Strict):
+    base_url = fields.String(
+        load_default=V1Settings.base_url, validate=validate.Regexp(r"\Ahttps?://[^\s]+\Z")
+    )
+    # An SDK key (projects that require one) and its secret (write it as "${VAR}").
+    sdk_key = fields.String(
+        load_default=None, validate=validate.Regexp(r"\A[A-Za-z0-9_./-]{1,200}\Z")
+    )
+    sdk_secret = fields.String(load_default=None, validate=_key_text(8))
+    enrich_data = fields.Boolean(load_default=False)
+    source = fields.String(
+        load_default=None, validate=validate.Regexp(r"\A[\x21-\x7e][\x20-\x7e]{0,99}\Z")
+    )
+    batch_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    batch_wait_seconds = fields.Float(load_default=0.2, validate=validate.Range(min=0, max=10))
+    bucketing_events = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _key_and_secret(self, data: Mapping[str, Any], **_: Any) -> None:
+        if data.get("sdk_secret") is not None and data.get("sdk_key") is None:
+            raise ValidationError("an SDK secret needs its sdk_key", "sdk_secret")
+
+
 class _ConvertSchema(_Strict):
     account_id = fields.String(required=True, validate=_DIGITS)
     project_id = fields.String(required=True, validate=_DIGITS)
@@ -99,6 +128,9 @@ class _ConvertSchema(_Strict):
     dry_run = fields.Boolean(load_default=False)
     connect_timeout_seconds = fields.Float(load_default=3.05, validate=validate.Range(min=0.1))
     read_timeout_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.1))
+    # "legacy" (the GET push) or "v1" (the JSON tracking API); fixed per event when stored.
+    format = fields.Enum(ConvertFormat, by_value=True, load_default=ConvertFormat.LEGACY)
+    v1 = fields.Nested(_V1Schema, load_default=lambda: _defaults(_V1Schema))
 
 
 class _GoalSetSchema(_Strict):
@@ -213,12 +245,30 @@ class _ExposuresSchema(_Strict):
 
 
 MIN_EMAIL_KEY_LENGTH = 32
+MIN_ADMIN_PASSWORD_LENGTH = 12
 
 
 class _PrivacySchema(_Strict):
     # The HMAC key of email digests, from the environment ("${VAR}"); it must never change
     # (digests made with another key no longer match).
     email_key = fields.String(load_default=None, validate=_key_text(MIN_EMAIL_KEY_LENGTH))
+
+
+class _MetricsSchema(_Strict):
+    enabled = fields.Boolean(load_default=True)
+    token = fields.String(load_default=None, validate=_secret)  # write it as "${VAR}"
+
+
+class _AdminSchema(_Strict):
+    # The status page (/admin) is off while no password is set; write it as "${VAR}".
+    password = fields.String(load_default=None, validate=_key_text(MIN_ADMIN_PASSWORD_LENGTH))
+
+
+class _LoggingSchema(_Strict):
+    format = fields.Enum(LogFormat, by_value=True, load_default=LogFormat.AUTO)
+    level = fields.String(
+        load_default="INFO", validate=validate.OneOf(("DEBUG", "INFO", "WARNING", "ERROR"))
+    )
 
 
 class _DatabaseSchema(_Strict):
@@ -269,6 +319,9 @@ class _ConfigSchema(_Strict):
     retention = fields.Nested(_RetentionSchema, load_default=lambda: _defaults(_RetentionSchema))
     exposures = fields.Nested(_ExposuresSchema, load_default=lambda: _defaults(_ExposuresSchema))
     privacy = fields.Nested(_PrivacySchema, load_default=lambda: _defaults(_PrivacySchema))
+    metrics = fields.Nested(_MetricsSchema, load_default=lambda: _defaults(_MetricsSchema))
+    admin = fields.Nested(_AdminSchema, load_default=lambda: _defaults(_AdminSchema))
+    logging = fields.Nested(_LoggingSchema, load_default=lambda: _defaults(_LoggingSchema))
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -318,6 +371,12 @@ def _cross_checks(settings: Settings) -> dict[str, str]:
         problems["privacy.email_key"] = (
             "is required while the exposure API is on (exposures.tokens): emails are stored "
             'only as keyed digests; set it from the environment, e.g. "${EMAIL_DIGEST_KEY}"'
+        )
+    if settings.convert.format is ConvertFormat.V1 and settings.privacy.email_key is None:
+        problems["privacy.email_key"] = (
+            'is required with convert.format = "v1": a purchase whose visitor id is not known '
+            "is sent under a keyed digest of its source and customer, made with this key; set "
+            'it from the environment, e.g. "${EMAIL_DIGEST_KEY}"'
         )
     needed = minimum_lease_seconds(settings)
     if settings.dispatcher.lease_seconds < needed:
@@ -424,6 +483,8 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             dry_run=convert["dry_run"],
             connect_timeout=convert["connect_timeout_seconds"],
             read_timeout=convert["read_timeout_seconds"],
+            format=convert["format"],
+            v1=V1Settings(**convert["v1"]),
         ),
         goals=goals,
         sources=sources,
@@ -452,6 +513,9 @@ def _build(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             max_body_bytes=data["exposures"]["max_body_bytes"],
         ),
         privacy=PrivacySettings(_email_key(data["privacy"]["email_key"])),
+        metrics=MetricsSettings(**data["metrics"]),
+        admin=AdminSettings(**data["admin"]),
+        logging=LoggingSettings(**data["logging"]),
     )
 
 
