@@ -15,6 +15,8 @@ import re
 import traceback
 from pathlib import Path
 
+from webhooks.core.settings import LoggingSettings
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # Loggers whose handlers we make safe: the root (ours, Flask's, the host's) and gunicorn's,
 # which do not propagate to the root.
@@ -52,7 +54,7 @@ class EscapingFormatter(logging.Formatter):
         return escape(self.inner.format(record))
 
 
-def configure_logging() -> None:
+def configure_logging(settings: LoggingSettings | None = None) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=_level(), format=FORMAT)

@@ -14,6 +14,7 @@ from webhooks.core.observe import Observer
 from webhooks.core.settings import Settings
 from webhooks.storage.clock import SystemClock
 from webhooks.wiring.config import load_settings
+from webhooks.wiring.observers import default_observer
 from webhooks.wiring.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,11 @@ def create_app(
 ) -> Flask:
     configure_logging()
     settings = settings or load_settings(config_path)
+    configure_logging(settings.logging)
     app = Flask("webhooks")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    observer = observer or default_observer(settings)
     runtime = build_runtime(settings, clock or SystemClock(), observer)
     app.extensions["convert_webhooks"] = runtime
     try:
@@ -39,11 +42,15 @@ def create_app(
         # Start anyway: /readyz says 503 and requests answer 503 until the database is back.
         log.warning("database unavailable at start-up; will retry on first use")
 
+    from webhooks.web.admin import bp as admin_bp
     from webhooks.web.exposures import bp as exposures_bp
+    from webhooks.web.metrics import bp as metrics_bp
     from webhooks.web.routes import bp
 
     app.register_blueprint(bp)
     app.register_blueprint(exposures_bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(admin_bp)
     app.register_error_handler(ConvertWebhooksError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
