@@ -3,6 +3,7 @@ of send results; a failing observer never changes what the service does."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tests.conftest import FakeClock, Service
 from tests.convert_recorder import ConvertRecorder
 from tests.payloads import experiments, shopify_order
 from webhooks.core.hits import SendOutcome
-from webhooks.core.observe import IngestSeen, RoundSeen
+from webhooks.core.observe import DispatcherSeen, IngestSeen, RoundSeen
 from webhooks.core.states import Outcome
 from webhooks.web.app import create_app
 from webhooks.wiring.config import settings_from_mapping
@@ -24,6 +25,7 @@ class Recording:
         self.ingests: list[IngestSeen] = []
         self.rounds: list[RoundSeen] = []
         self.outcomes: list[SendOutcome] = []
+        self.dispatchers: list[DispatcherSeen] = []
 
     def ingest(self, seen: IngestSeen) -> None:
         self.ingests.append(seen)
@@ -34,6 +36,9 @@ class Recording:
     def sends(self, outcomes: Sequence[SendOutcome]) -> None:
         self.outcomes.extend(outcomes)
 
+    def dispatcher(self, seen: DispatcherSeen) -> None:
+        self.dispatchers.append(seen)
+
 
 class Failing:
     def ingest(self, seen: IngestSeen) -> None:
@@ -43,6 +48,9 @@ class Failing:
         raise RuntimeError("observer down")
 
     def sends(self, outcomes: Sequence[SendOutcome]) -> None:
+        raise RuntimeError("observer down")
+
+    def dispatcher(self, seen: DispatcherSeen) -> None:
         raise RuntimeError("observer down")
 
 
@@ -78,6 +86,10 @@ def test_the_observer_sees_ingests_rounds_and_sends(
     ]
     assert all(s.seconds >= 0 for s in seen.ingests)
     assert [(r.claimed, r.sent, r.unknown) for r in seen.rounds] == [(1, 2, 0)]
+    [finished] = seen.rounds[0].finished
+    assert (finished.source, finished.state, finished.reason_code) == ("shop", "sent", None)
+    assert finished.place == "order attribute 'convert_experiments'"
+    assert all(o.result.seconds is not None and o.result.seconds >= 0 for o in seen.outcomes)
     assert sorted(o.hit.pair for o in seen.outcomes) == ["1-2", "3-4"]
     assert {o.result.outcome for o in seen.outcomes} == {Outcome.SENT}
     assert len(recorder.requests) == 2
@@ -106,3 +118,19 @@ def test_a_failing_observer_changes_nothing(
         assert service.runtime.dispatcher.drain() == 0
     finally:
         service.runtime.close()
+
+
+def test_the_observer_hears_a_dispatcher_start_and_stop(
+    observed: tuple[Service, Recording],
+) -> None:
+    service, seen = observed
+    dispatcher = service.runtime.dispatcher
+    dispatcher.start()
+    deadline = time.monotonic() + 10
+    while not seen.dispatchers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    dispatcher.stop(timeout=5)
+    assert seen.dispatchers == [
+        DispatcherSeen(dispatcher.owner, True),
+        DispatcherSeen(dispatcher.owner, False),
+    ]

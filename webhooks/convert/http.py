@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
+from dataclasses import replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
@@ -48,6 +49,11 @@ class Sender:
         self.session.mount("http://", adapter)
 
     def get(self, url: str) -> HitResult:
+        began = time.monotonic()
+        result = self._get(url)
+        return replace(result, seconds=time.monotonic() - began)
+
+    def _get(self, url: str) -> HitResult:
         try:
             # Streamed, so the body is read only up to a cap (a huge or endless answer must
             # neither fill memory nor hold the round).

@@ -40,6 +40,7 @@ class HitResult:
     status_code: int | None
     detail: str
     retry_after: float | None = None  # seconds Convert asked us to wait (Retry-After), capped
+    seconds: float | None = None  # how long the request took; None when none was made
 
 
 @dataclass(frozen=True)

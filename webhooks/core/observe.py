@@ -21,11 +21,28 @@ class IngestSeen:
 
 
 @dataclass(frozen=True)
+class FinishSeen:
+    """How one claimed event left a round."""
+
+    source: str
+    state: str  # core.states.EventState
+    reason_code: str | None  # core.states.Reason
+    place: str | None  # where its experiment pairs were found; None when not (yet) attributed
+
+
+@dataclass(frozen=True)
 class RoundSeen:
     claimed: int
     sent: int  # hits with a result this round
     unknown: int  # events whose outcome the round gave up waiting for
     seconds: float
+    finished: tuple[FinishSeen, ...] = ()  # the events whose state the round wrote
+
+
+@dataclass(frozen=True)
+class DispatcherSeen:
+    owner: str
+    alive: bool  # False when its loop has ended (stopped, or died)
 
 
 class Observer(Protocol):
@@ -34,6 +51,8 @@ class Observer(Protocol):
     def round(self, seen: RoundSeen) -> None: ...
 
     def sends(self, outcomes: Sequence[SendOutcome]) -> None: ...
+
+    def dispatcher(self, seen: DispatcherSeen) -> None: ...
 
 
 class NullObserver:
@@ -44,4 +63,7 @@ class NullObserver:
         pass
 
     def sends(self, outcomes: Sequence[SendOutcome]) -> None:
+        pass
+
+    def dispatcher(self, seen: DispatcherSeen) -> None:
         pass

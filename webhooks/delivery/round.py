@@ -26,7 +26,7 @@ from webhooks.convert.client import ConvertClient
 from webhooks.core.clock import Clock
 from webhooks.core.hits import Hit, SendOutcome
 from webhooks.core.logs import describe
-from webhooks.core.observe import Observer, RoundSeen
+from webhooks.core.observe import FinishSeen, Observer, RoundSeen
 from webhooks.core.settings import Settings
 from webhooks.core.states import DONE_SEND_STATES
 from webhooks.delivery.breaker import Breaker
@@ -113,7 +113,11 @@ class Round:
             )
         self._after_round(sent.outcomes, now)
         seen = RoundSeen(
-            len(claim.rows), len(sent.outcomes), len(sent.unknown), p.clock.monotonic() - began
+            len(claim.rows),
+            len(sent.outcomes),
+            len(sent.unknown),
+            p.clock.monotonic() - began,
+            tuple(_finish_seen(row, done) for row, done in finishes),
         )
         _tell(lambda: p.observer.round(seen))
         return len(claim.rows)
@@ -227,6 +231,12 @@ def _internal_error(row: Row[Any], exc: Exception, stage: str) -> Finish:
     where = describe(exc)
     log.error("event %s: %s failed (%s); marked dead", row.id, stage, where)
     return internal_error(stage, where)
+
+
+def _finish_seen(row: Row[Any], done: Finish) -> FinishSeen:
+    place = done.attributed.place if done.attributed is not None else None
+    reason = str(done.reason_code) if done.reason_code is not None else None
+    return FinishSeen(row.source, str(done.state), reason, place)
 
 
 def _tell(call: Callable[[], None]) -> None:

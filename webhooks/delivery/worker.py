@@ -27,7 +27,7 @@ from webhooks.attribution.enrich import CheckoutItemCounts
 from webhooks.convert.client import ConvertClient
 from webhooks.core.clock import Clock
 from webhooks.core.logs import describe
-from webhooks.core.observe import NullObserver, Observer
+from webhooks.core.observe import DispatcherSeen, NullObserver, Observer
 from webhooks.core.settings import Settings
 from webhooks.delivery.breaker import Breaker
 from webhooks.delivery.details import DetailsStep
@@ -148,14 +148,26 @@ class Dispatcher:
         """The loop, supervised: an unexpected error is logged in one line, and after a short
         pause the loop goes on (one bad round must not end sending for good)."""
         log.info("dispatcher %s started", self.owner)
-        while not self._stop.is_set():
-            try:
-                self._loop()
-            except Exception as exc:
-                self._crashes += 1
-                pause = min(MAX_CRASH_PAUSE, 0.5 * 2 ** min(self._crashes - 1, 10))
-                log.error("dispatcher: unexpected %s; going on in %.1f s", describe(exc), pause)
-                self._stop.wait(pause)
+        self._tell_alive(True)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._loop()
+                except Exception as exc:
+                    self._crashes += 1
+                    pause = min(MAX_CRASH_PAUSE, 0.5 * 2 ** min(self._crashes - 1, 10))
+                    log.error(
+                        "dispatcher: unexpected %s; going on in %.1f s", describe(exc), pause
+                    )
+                    self._stop.wait(pause)
+        finally:
+            self._tell_alive(False)
+
+    def _tell_alive(self, alive: bool) -> None:
+        try:
+            self.parts.observer.dispatcher(DispatcherSeen(self.owner, alive))
+        except Exception as exc:  # an observer never stops the dispatcher
+            log.warning("observer failed: %s", describe(exc))
 
     def _loop(self) -> None:
         d = self.settings.dispatcher
