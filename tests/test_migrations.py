@@ -136,8 +136,8 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
     make_v1(db_url)
     before = snapshot(db_url)
     engine = make_engine(db_url)
-    assert migrate(engine) == len(MIGRATIONS) == 6
-    assert versions(db_url) == [1, 2, 3, 4, 5, 6]
+    assert migrate(engine) == len(MIGRATIONS) == 7
+    assert versions(db_url) == [1, 2, 3, 4, 5, 6, 7]
     assert snapshot(db_url) == before
     with engine.connect() as conn:
         inspector = inspect(conn)
@@ -161,8 +161,8 @@ def test_version_1_database_migrates_without_losing_rows(db_url: str) -> None:
             ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=1-2"),
             ("legacy_get", "https://2222.track.convertexperiments.com/track/?e=3-4"),
         ]
-    assert migrate(engine) == 6  # a second run is a no-op
-    assert versions(db_url) == [1, 2, 3, 4, 5, 6]
+    assert migrate(engine) == 7  # a second run is a no-op
+    assert versions(db_url) == [1, 2, 3, 4, 5, 6, 7]
     assert snapshot(db_url) == before
     engine.dispose()
 
@@ -211,8 +211,8 @@ def test_processes_migrating_at_once_are_safe(db_url: str, starting_from: str) -
     results = [process.communicate(timeout=60) for process in processes]
     assert [
         (p.returncode, out.strip()) for p, (out, _) in zip(processes, results, strict=True)
-    ] == [(0, "6")] * 3, [err for _, err in results]
-    assert versions(db_url) == [1, 2, 3, 4, 5, 6]
+    ] == [(0, "7")] * 3, [err for _, err in results]
+    assert versions(db_url) == [1, 2, 3, 4, 5, 6, 7]
     if starting_from == "version 1":
         assert snapshot(db_url) == before
 
@@ -264,7 +264,7 @@ def test_version_4_digests_are_rekeyed_once_with_the_configured_key(db_url: str)
     assert digests(db_url) == {"deliveries": [PLAIN, None, None], "events": [PLAIN, "ab12"]}
 
     store = make_engine(db_url)
-    assert migrate(store) == 6
+    assert migrate(store) == 7
     assert rekey_email_digests(store, EMAIL_KEY, 1_800_000_000.0) == 3
     keyed = keyed_digest(EMAIL_KEY, PLAIN)
     assert keyed.startswith("k:") and len(keyed) == 64 and PLAIN not in keyed
@@ -316,8 +316,8 @@ def test_version_5_database_gets_the_details_columns_without_losing_rows(db_url:
     migrate_to(db_url, 5)
     before = snapshot(db_url)
     engine = make_engine(db_url)
-    assert migrate(engine) == 6
-    assert versions(db_url) == [1, 2, 3, 4, 5, 6]
+    assert migrate(engine) == 7
+    assert versions(db_url) == [1, 2, 3, 4, 5, 6, 7]
     assert snapshot(db_url) == before
     with engine.connect() as conn:
         columns = {c["name"]: c for c in inspect(conn).get_columns("events")}
@@ -325,5 +325,26 @@ def test_version_5_database_gets_the_details_columns_without_losing_rows(db_url:
         assert columns["details"]["nullable"] and columns["details_ref"]["nullable"]
         added = conn.execute(text("SELECT details, details_ref FROM events ORDER BY id")).all()
         assert [tuple(row) for row in added] == [(None, None), (None, None)]
-    assert migrate(engine) == 6  # a second run is a no-op
+    assert migrate(engine) == 7  # a second run is a no-op
+    engine.dispose()
+
+
+def test_version_6_database_gets_the_convert_format_column_without_losing_rows(
+    db_url: str,
+) -> None:
+    """Version 7: events record the Convert format they go out in; those stored before were
+    stored under the legacy GET, and NULL says so (read as legacy)."""
+    make_v1(db_url)
+    migrate_to(db_url, 6)
+    before = snapshot(db_url)
+    engine = make_engine(db_url)
+    assert migrate(engine) == 7
+    assert versions(db_url) == [1, 2, 3, 4, 5, 6, 7]
+    assert snapshot(db_url) == before
+    with engine.connect() as conn:
+        column = {c["name"]: c for c in inspect(conn).get_columns("events")}["convert_format"]
+        assert column["nullable"]
+        added = conn.execute(text("SELECT convert_format FROM events ORDER BY id")).all()
+        assert [tuple(row) for row in added] == [(None,), (None,)]
+    assert migrate(engine) == 7
     engine.dispose()

@@ -7,9 +7,11 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -21,6 +23,8 @@ from webhooks.core.states import Outcome
 USER_AGENT = f"ConvertAgent/{__version__} (convert-webhooks)"
 MAX_RETRY_AFTER = 3600.0  # a longer wait from Convert is honoured for an hour, then we try
 MAX_BODY_BYTES = 64 * 1024  # Convert answers a few bytes; more is read no further
+ANSWER_EXCERPT_BYTES = 2048  # of an answer, kept for the reason a hit failed
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\u024f]")
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _DELTA_SECONDS = re.compile(r"\A[0-9]+\Z")  # ASCII digits only: int() also reads "٣"
 _DELTA_DIGITS = 12  # more significant digits than this is far beyond the cap anyway
@@ -72,8 +76,85 @@ class Sender:
             response.close()
         return HitResult(classify(status), status, f"HTTP {status}", retry_after)
 
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """POST a JSON body. Only 307 and 308 redirects are followed (with the same body):
+        requests would turn a POST into a GET on a 301/302/303 and take the GET's 200 for a
+        success."""
+        began = time.monotonic()
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                response = self.session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    stream=True,
+                    allow_redirects=False,
+                )
+                location = response.headers.get("Location")
+                if response.status_code in (307, 308) and location:
+                    response.close()
+                    url = urljoin(url, location)
+                    continue
+                return self._answer(response, began)
+        except requests.RequestException as exc:
+            return Answer(None, f"{type(exc).__name__}: network error", None, _since(began))
+        return Answer(None, f"more than {MAX_REDIRECTS} redirects", None, _since(began), True)
+
+    def _answer(self, response: requests.Response, began: float) -> Answer:
+        try:
+            status = response.status_code
+            retry_after = None
+            if status in _RETRY_AFTER_STATUSES:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+            said = excerpt(_read_body(response))
+        finally:
+            response.close()
+        detail = f"HTTP {status}: {said}" if said else f"HTTP {status}"
+        return Answer(status, detail, retry_after, _since(began))
+
     def close(self) -> None:
         self.session.close()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a POST came to: the status (None: no answer — a network error or a redirect
+    loop), a one-line detail with the start of Convert's answer, Retry-After, duration."""
+
+    status: int | None
+    detail: str
+    retry_after: float | None
+    seconds: float
+    broken: bool = False  # no answer because the endpoint is broken (a redirect loop)
+
+
+def _since(began: float) -> float:
+    return time.monotonic() - began
+
+
+def _read_body(response: requests.Response) -> bytes:
+    """The answer's first bytes (Convert's error message), the rest discarded up to the cap."""
+    kept = bytearray()
+    seen = 0
+    try:
+        for chunk in response.iter_content(8192):
+            if len(kept) < ANSWER_EXCERPT_BYTES:
+                kept += chunk[: ANSWER_EXCERPT_BYTES - len(kept)]
+            seen += len(chunk)
+            if seen > MAX_BODY_BYTES:
+                break
+    except requests.RequestException:
+        pass  # the status decided; a broken body changes nothing
+    return bytes(kept)
+
+
+def excerpt(raw: bytes, limit: int = 200) -> str:
+    """Printable, one line, bounded: Convert's words go into a stored reason and a log."""
+    text = raw.decode("utf-8", "replace")
+    text = _NOT_PRINTABLE.sub(" ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _discard_body(response: requests.Response) -> None:

@@ -54,8 +54,9 @@ def decide(
         return Finish(EventState.SENT, None, None, attempted=attempted)
     if SendState.PENDING in states:
         waits = [r.retry_after for r in results if r.retry_after is not None]
-        return _retry(sends, attempts + int(attempted), now + max(waits, default=0.0), attempted,
-                      next_attempt)
+        return _retry(
+            sends, attempts + int(attempted), now + max(waits, default=0.0), attempted, next_attempt
+        )
     dead = next(s for s in sends if s.state == SendState.DEAD)
     return Finish(
         EventState.DEAD,

@@ -21,14 +21,20 @@ from webhooks.attribution.enrich import CheckoutItemCounts
 from webhooks.attribution.exposures import ExposureStore
 from webhooks.attribution.order import DEFAULT_EXPERIMENTS_KEY, OrderAttributes
 from webhooks.convert.client import ConvertClient
+from webhooks.convert.visitor import pseudonymous_visitor_id
 from webhooks.core.clock import Clock
 from webhooks.core.events import PROVISIONAL_CURRENCY, EventKind
 from webhooks.core.hits import Hit, Purchase
-from webhooks.core.settings import Settings
+from webhooks.core.settings import ConvertFormat, Settings
 from webhooks.core.states import EventState, Reason
 from webhooks.delivery.details import DetailsStep, Wait
 from webhooks.storage.queue import Attributed, FetchedDetails, Finish
 from webhooks.storage.schema import DETAILS_PENDING
+
+_NO_VISITOR_KEY = (
+    "stored for the v1 format, whose pseudonymous visitor id needs privacy.email_key, which is "
+    "not configured; set it and replay the event"
+)
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,16 @@ class Planner:
         # Only for an attributed event with goals: an unattributed one costs no API call.
         counted = self.item_counts.item_count(subject) if self.item_counts else None
         items = counted if counted is not None else row.item_count
-        purchase = Purchase(row.id, row.order_id, Decimal(row.amount), items)
+        fmt = event_format(row)
+        visitor = answer.visitor_id
+        if fmt is ConvertFormat.V1 and not visitor:
+            key = self.settings.privacy.email_key
+            if key is None:
+                return Finish(EventState.DEAD, Reason.INTERNAL_ERROR, _NO_VISITOR_KEY)
+            visitor = pseudonymous_visitor_id(
+                key, row.source, row.customer_id, row.email_digest, row.order_id
+            )
+        purchase = Purchase(row.id, row.order_id, Decimal(row.amount), items, fmt, visitor)
         attributed = Attributed(answer.place, answer.format, answer.visitor_id)
         return Planned(self.client.hits(goals, purchase, answer.pairs), attributed, answer.note)
 
@@ -158,6 +173,11 @@ class Planner:
         when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         reason = f"{absent.reason}; looking again until {when}"
         return NotYet(min(now + a.recheck_seconds, until), reason)
+
+
+def event_format(row: Any) -> ConvertFormat:
+    """The format the event was stored with; NULL (stored before there was a choice): legacy."""
+    return ConvertFormat(row.convert_format) if row.convert_format else ConvertFormat.LEGACY
 
 
 def with_details(row: Row[Any], details: FetchedDetails) -> SimpleNamespace:

@@ -1,7 +1,7 @@
 """One round's Convert hits, sent concurrently and recorded as they complete.
 
-Hits go out in batches of the client's `max_hits` (one per request for the legacy GET; the
-JSON API takes many), each batch one pool task and one slot.
+Hits go out in batches of one format and up to the client's `max_hits` for it (one per
+request for the legacy GET; the JSON API takes many), each batch one pool task and one slot.
 
 Pool threads send; the dispatcher's thread collects their results and commits them in groups:
 each commit carries everything that completed since the previous one began, so results are
@@ -19,14 +19,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
 from webhooks.convert.client import ConvertClient
-from webhooks.core.hits import Hit, HitResult, SendOutcome
+from webhooks.core.hits import Hit, HitFormat, HitResult, SendOutcome
 from webhooks.core.logs import describe
 from webhooks.core.states import Outcome
 
@@ -57,8 +57,16 @@ class Unstarted:
 Report = Sent | Unstarted
 
 
-def batches(hits: Sequence[Hit], size: int) -> list[Batch]:
-    return [Batch(tuple(hits[i : i + size])) for i in range(0, len(hits), max(size, 1))]
+def batches(hits: Sequence[Hit], size_of: Callable[[HitFormat], int]) -> list[Batch]:
+    """The hits in order, cut into batches of one format each, at most `size_of(format)`."""
+    by_format: dict[HitFormat, list[Hit]] = {}
+    for hit in hits:
+        by_format.setdefault(hit.format, []).append(hit)
+    work = []
+    for fmt, group in by_format.items():
+        size = max(size_of(fmt), 1)
+        work += [Batch(tuple(group[i : i + size])) for i in range(0, len(group), size)]
+    return work
 
 
 @dataclass
@@ -179,9 +187,11 @@ class SendRound:
         self.group_size = max(1, slots.size // 2)
         self._starts: list[float] = []  # time.monotonic() of each request started
         self._last_start = time.monotonic()
+        self._widest = 1  # hits in this round's largest batch
 
     def run(self, hits: Sequence[Hit]) -> SentRound:
         work = batches(hits, self.client.max_hits)
+        self._widest = max((len(batch.hits) for batch in work), default=1)
         flight = _Flight(len(work))
         for batch in work:
             try:
@@ -240,9 +250,7 @@ class SendRound:
         if now < self._last_start + self.request_seconds + STALL_GRACE:
             return False
         in_flight = len(self._starts) - done
-        return waiting <= in_flight * self.client.max_hits or self.host.out_of_time(
-            self.send_until
-        )
+        return waiting <= in_flight * self._widest or self.host.out_of_time(self.send_until)
 
     # -- in a pool thread ------------------------------------------------------------------
     def _run_batch(self, batch: Batch, flight: _Flight) -> None:

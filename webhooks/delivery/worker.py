@@ -28,7 +28,7 @@ from webhooks.convert.client import ConvertClient
 from webhooks.core.clock import Clock
 from webhooks.core.logs import describe
 from webhooks.core.observe import DispatcherSeen, NullObserver, Observer
-from webhooks.core.settings import Settings
+from webhooks.core.settings import ConvertFormat, Settings
 from webhooks.delivery.breaker import Breaker
 from webhooks.delivery.details import DetailsStep
 from webhooks.delivery.planner import Planner, default_chain
@@ -156,9 +156,7 @@ class Dispatcher:
                 except Exception as exc:
                     self._crashes += 1
                     pause = min(MAX_CRASH_PAUSE, 0.5 * 2 ** min(self._crashes - 1, 10))
-                    log.error(
-                        "dispatcher: unexpected %s; going on in %.1f s", describe(exc), pause
-                    )
+                    log.error("dispatcher: unexpected %s; going on in %.1f s", describe(exc), pause)
                     self._stop.wait(pause)
         finally:
             self._tell_alive(False)
@@ -187,11 +185,19 @@ class Dispatcher:
                 continue  # a backlog: keep going
             woken = self._wake.wait(d.poll_seconds)
             self._wake.clear()
-            if woken and busy > 1:
-                # Under load (the last round found several events), gather briefly: one round
-                # then serves many webhooks, and the database sees few commits per round
-                # instead of two per webhook. A lone webhook goes out at once.
-                self._stop.wait(d.linger_seconds)
+            if woken:
+                self._stop.wait(self._gather_seconds(busy))
+
+    def _gather_seconds(self, busy: int) -> float:
+        """How long a woken dispatcher waits before its round, so one round serves many
+        webhooks. The JSON API batches: up to convert.v1.batch_wait_seconds, so purchases
+        that come close together share a request. Else only under load (the last round found
+        several events): the database then sees few commits per round instead of two per
+        webhook, and a lone webhook goes out at once."""
+        d = self.settings.dispatcher
+        if self.settings.convert.format is ConvertFormat.V1:
+            return max(self.settings.convert.v1.batch_wait_seconds, d.linger_seconds)
+        return d.linger_seconds if busy > 1 else 0.0
 
     def run_once(self) -> int:
         """One round (round.py); the number of events it handled."""

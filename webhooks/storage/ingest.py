@@ -43,7 +43,7 @@ from webhooks.core.events import (
     ParseResult,
 )
 from webhooks.core.logs import escape
-from webhooks.core.settings import GoalSet, SourceSettings
+from webhooks.core.settings import ConvertFormat, GoalSet, SourceSettings
 from webhooks.core.states import WAITING_FOR_PAIRS, DeliveryStatus, EventState, Reason
 from webhooks.storage.database import transaction
 from webhooks.storage.digests import stored_digest
@@ -91,6 +91,9 @@ class Delivery:
     result: ParseResult
     # privacy.email_key: the email digests are stored keyed with it (storage/digests.py).
     email_key: bytes | None = field(default=None, repr=False)
+    # convert.format when the delivery came: the events it stores keep it (a later switch of
+    # format applies to new events only, so no purchase goes out in both).
+    convert_format: ConvertFormat = ConvertFormat.LEGACY
 
 
 def insert_ignore(
@@ -336,6 +339,7 @@ def _store_event(
         # An event from a thin webhook waits for its details (never sent before them).
         "details": DETAILS_PENDING if event.details_ref is not None else None,
         "details_ref": event.details_ref,
+        "convert_format": str(d.convert_format),
         "state": state,
         "reason_code": code,
         "reason": reason,

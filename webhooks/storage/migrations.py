@@ -15,6 +15,7 @@ from webhooks.storage.schema import (
     V2_INDEXES,
     V4_COLUMNS,
     V6_COLUMNS,
+    V7_COLUMNS,
     exposures,
     metadata,
     readiness,
@@ -77,6 +78,12 @@ def _v6_details_on_events(conn: Connection) -> None:
     _add_columns(conn, V6_COLUMNS)
 
 
+def _v7_convert_format_on_events(conn: Connection) -> None:
+    """Each event records the Convert format it goes out in (NULL for the events stored so
+    far: they were stored under the legacy GET, the only format there was)."""
+    _add_columns(conn, V7_COLUMNS)
+
+
 def _add_columns(conn: Connection, added: Mapping[str, Sequence[str]]) -> None:
     """Add the columns (nullable, as in the metadata) a table does not have yet."""
     inspector = inspect(conn)
@@ -96,6 +103,7 @@ MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _v4_attribution_on_events,
     _v5_exposure_store,
     _v6_details_on_events,
+    _v7_convert_format_on_events,
 )
 
 

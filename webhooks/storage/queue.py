@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, or_, select, text, update
+from sqlalchemy import Connection, Row, and_, func, or_, select, text, update
 
 from webhooks.core.hits import SendOutcome
+from webhooks.core.settings import ConvertFormat
 from webhooks.core.states import SEND_STATE_OF, EventState, Outcome, Reason, SendState
 from webhooks.storage.schema import DETAILS_FETCHED, events, sends
 
@@ -331,3 +332,11 @@ def wake_deferred(conn: Connection, since: float, now: float) -> int:
     """Make events that failed retryably since `since` (an outage) due now; their number."""
     result = conn.execute(_WAKE_DEFERRED, {"now": now, "since": since, "retrying": Reason.RETRYING})
     return int(result.rowcount)
+
+
+def pending_by_format(conn: Connection) -> dict[str, int]:
+    """Pending events per Convert format they were stored with (NULL, stored before the
+    choice existed, counts as legacy)."""
+    fmt = func.coalesce(events.c.convert_format, ConvertFormat.LEGACY.value)
+    query = select(fmt, func.count()).where(events.c.state == EventState.PENDING).group_by(fmt)
+    return {str(name): int(count) for name, count in conn.execute(query)}

@@ -104,6 +104,9 @@ events = Table(
     # the platform's details step reads to find the order.
     Column("details", String(16)),
     Column("details_ref", String(255)),
+    # How the event goes to Convert (core.settings.ConvertFormat), fixed when it is stored so a
+    # change of format applies to new events only; NULL (stored before version 7): legacy.
+    Column("convert_format", String(16)),
     UniqueConstraint("project_id", "platform", "order_id", "kind", name="uq_business"),
 )
 Index("ix_events_due", events.c.state, events.c.next_attempt_at)
@@ -194,6 +197,7 @@ storage_settings = Table(
 V2_COLUMNS = {"deliveries": ("customer_id", "email_digest")}
 V4_COLUMNS = {"events": ("attributed_from", "attribution_format", "visitor_id")}
 V6_COLUMNS = {"events": ("details", "details_ref")}
+V7_COLUMNS = {"events": ("convert_format",)}
 DETAILS_PENDING = "pending"
 DETAILS_FETCHED = "fetched"
 V2_INDEXES = (

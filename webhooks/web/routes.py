@@ -132,6 +132,7 @@ def _receive(rt: Runtime, source: SourceSettings) -> IngestOutcome:
         raw,
         result,
         email_key=settings.privacy.email_key,
+        convert_format=settings.convert.format,
     )
     try:
         outcome = ingest(rt.engine, delivery, now)

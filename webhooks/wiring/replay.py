@@ -55,6 +55,7 @@ def replay_delivery(
         row.body,
         result,
         email_key=settings.privacy.email_key,
+        convert_format=settings.convert.format,  # events it stores now are new events
     )
     try:
         return store_events(engine, delivery, delivery_id, now)
