@@ -29,6 +29,7 @@ def write_config(
     convert_extra: str = "",
     database_extra: str = "",
     dispatcher_extra: str = "",
+    extra: str = "",
 ) -> Path:
     """The service config: one Shopify source, goals like the tests'. `db_path` is a SQLite
     file or a database URL; the *_extra lines go into their sections (bench/chaos.py tunes
@@ -57,6 +58,7 @@ url = "{url}"
 [dispatcher]
 enabled = {"true" if dispatcher else "false"}
 {dispatcher_extra}
+{extra}
 """,
         encoding="utf-8",
     )

@@ -25,6 +25,7 @@ class Arrivals:
     times: list[float]
     paths: list[bytes]
     cpu_seconds: float
+    hits: list[int]  # Convert hits per request: 1 for a legacy GET, the visitors of a v1 POST
 
 
 class StandIn:
@@ -107,6 +108,14 @@ def closed_port() -> int:
     return port
 
 
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
 def _serve(pipe: Connection, delay: float, status: int) -> None:
     try:
         asyncio.run(_main(pipe, delay, status))
@@ -118,6 +127,7 @@ def _serve(pipe: Connection, delay: float, status: int) -> None:
 async def _main(pipe: Connection, delay: float, status: int) -> None:
     times: list[float] = []
     paths: list[bytes] = []
+    hits: list[int] = []
     body = b"{}"
     reply = b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
         status,
@@ -132,6 +142,12 @@ async def _main(pipe: Connection, delay: float, status: int) -> None:
                 head = await reader.readuntil(b"\r\n\r\n")
                 times.append(time.monotonic())
                 paths.append(head.split(b" ", 2)[1])
+                length = _content_length(head)
+                if length:  # a v1 POST: its body holds one visitor per purchase
+                    body_in = await reader.readexactly(length)
+                    hits.append(body_in.count(b'"visitorId":'))
+                else:
+                    hits.append(1)
                 if delay:
                     await asyncio.sleep(delay)
                 writer.write(reply)
@@ -155,9 +171,11 @@ async def _main(pipe: Connection, delay: float, status: int) -> None:
             pipe.send(len(times))
         elif command == "dump":
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            pipe.send(Arrivals(list(times), list(paths), usage.ru_utime + usage.ru_stime))
+            cpu = usage.ru_utime + usage.ru_stime
+            pipe.send(Arrivals(list(times), list(paths), cpu, list(hits)))
             times.clear()
             paths.clear()
+            hits.clear()
         else:
             stopped.set()
 
