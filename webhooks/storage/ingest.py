@@ -52,7 +52,7 @@ from webhooks.storage.schema import DETAILS_PENDING, deliveries, events, exposur
 _PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 # What a driver raises for a value it cannot bind: sqlite3 an OverflowError for an int past
 # 64 bits, both drivers a UnicodeEncodeError (a ValueError) for an unpaired surrogate.
-_VALUE_FAILURES = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
+VALUE_FAILURES = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
 MAX_STORED_REASON = 500
 MAX_ADDRESS_CHARS = 320  # RFC 3696
 UNREADABLE_TOPIC = "(unreadable)"
@@ -129,16 +129,16 @@ def checked_transaction(engine: Engine) -> Iterator[Connection]:
     except StorageError:
         raise
     except SQLAlchemyError as exc:
-        if _is_refusal(exc):
-            raise UnstorableError(_refusal_message(exc)) from exc
+        if is_refusal(exc):
+            raise UnstorableError(refusal_message(exc)) from exc
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
     except OSError as exc:  # the SQLite lock file or directory cannot be opened
         raise StorageError(f"database unavailable: {type(exc).__name__}") from exc
-    except _VALUE_FAILURES as exc:
-        raise UnstorableError(_refusal_message(exc)) from exc
+    except VALUE_FAILURES as exc:
+        raise UnstorableError(refusal_message(exc)) from exc
 
 
-def _is_refusal(exc: SQLAlchemyError) -> bool:
+def is_refusal(exc: SQLAlchemyError) -> bool:
     # DataError: too long for a PostgreSQL column, NUL in its text, out of range;
     # IntegrityError: a NOT NULL or foreign key broken by a value (our unique keys never
     # raise: ON CONFLICT DO NOTHING); a StatementError that is not the driver's wraps a bind
@@ -148,11 +148,11 @@ def _is_refusal(exc: SQLAlchemyError) -> bool:
     return (
         isinstance(exc, StatementError)
         and not isinstance(exc, DBAPIError)
-        and isinstance(exc.orig, _VALUE_FAILURES)
+        and isinstance(exc.orig, VALUE_FAILURES)
     )
 
 
-def _refusal_message(exc: BaseException) -> str:
+def refusal_message(exc: BaseException) -> str:
     """Names the kind of refusal, never the value (it may be personal data)."""
     orig = getattr(exc, "orig", None)
     cause = type(orig if isinstance(orig, BaseException) else exc).__name__
@@ -163,7 +163,7 @@ def ingest(engine: Engine, delivery: Delivery, now: float) -> IngestOutcome:
     """Store the delivery and its events atomically; UnstorableError if the database refuses
     a value, StorageError if it is unavailable."""
     with checked_transaction(engine) as conn:
-        return _ingest(conn, delivery, now)
+        return ingest_into(conn, delivery, now)
 
 
 def store_rejected(
@@ -229,7 +229,7 @@ def customer_refs(
     return customer_id, stored_digest(email_key, digest)
 
 
-def _ingest(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
+def ingest_into(conn: Connection, d: Delivery, now: float) -> IngestOutcome:
     result = d.result
     row = _delivery_row(
         d.source,

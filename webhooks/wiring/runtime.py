@@ -22,6 +22,8 @@ from webhooks.core.settings import Settings, SourceSettings
 from webhooks.delivery.worker import Dispatcher
 from webhooks.storage.database import make_engine, mark_ready
 from webhooks.storage.digests import rekey_email_digests
+from webhooks.storage.group_commit import GroupCommitter
+from webhooks.storage.ingest import Delivery, IngestOutcome
 from webhooks.storage.migrations import migrate
 from webhooks.storage.retention import Pruner
 
@@ -39,6 +41,8 @@ class Runtime:
     dispatcher: Dispatcher
     clock: Clock
     observer: Observer = field(default_factory=NullObserver)
+    # Stores the deliveries of concurrent requests in one durable transaction (group commit).
+    committer: GroupCommitter | None = None
     pruner: Pruner | None = None
     # Each source's parse function, made once from its options (PlatformSpec.parser).
     parsers: Mapping[str, Parse] = field(default_factory=dict)
@@ -81,6 +85,13 @@ class Runtime:
             self._schema_problem = str(exc)
             raise
         self._schema_ready = True
+
+    def ingest(self, delivery: Delivery, now: float) -> IngestOutcome:
+        """Store a delivery durably (with the others waiting at the same moment); returns
+        once it is committed."""
+        if self.committer is None:
+            self.committer = GroupCommitter(self.engine, self.settings.busy_timeout_ms)
+        return self.committer.ingest(delivery, now)
 
     def parser(self, source: SourceSettings) -> Parse:
         found = self.parsers.get(source.name)
@@ -153,4 +164,7 @@ def build_runtime(settings: Settings, clock: Clock, observer: Observer | None = 
         for name, source in settings.sources.items()
         if REGISTRY[source.platform].configure is not None
     }
-    return Runtime(settings, engine, client, dispatcher, clock, observer, parsers=parsers)
+    committer = GroupCommitter(engine, settings.busy_timeout_ms)
+    return Runtime(
+        settings, engine, client, dispatcher, clock, observer, committer, parsers=parsers
+    )
