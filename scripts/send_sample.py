@@ -5,30 +5,33 @@
     python3 scripts/send_sample.py paddle   # also woocommerce, lemonsqueezy (in the example config)
     python3 scripts/send_sample.py <platform> [base URL] [source name]
 
-Each platform's sample is the documented payload its spec names (tests/fixtures/<platform>/,
-sources in SOURCES.md), with the experiment pairs "100-200" added where a shop would put them,
-signed by the platform's own signature scheme (adapters/schemes.py: the code that verifies).
+Kept for the commands written with it; `convert-webhooks send-test <source>` does the same
+from a config (the source's own secret and URL) and also shows the Convert request that
+resulted. Both build, sign and post through webhooks/wiring/send_test.py: each platform's
+documented sample (tests/fixtures/<platform>/, sources in SOURCES.md) with the experiment pairs
+"100-200" added where a shop would put them, signed by the platform's own signature scheme.
 The secret is the example config's, or <PLATFORM>_WEBHOOK_SECRET if set (STRIPE_..., SHOPIFY_...).
-Needs only the Python standard library and this checkout.
+Run it with the project's Python (its virtualenv), from anywhere.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the checkout's adapters/, run from anywhere
+sys.path.insert(0, str(ROOT))  # the checkout's packages, run from anywhere
 
 from adapters import REGISTRY  # noqa: E402
+from webhooks.wiring.send_test import (  # noqa: E402
+    SampleDelivery,
+    SendTestFailed,
+    post,
+    signed_sample,
+)
 
-FIXTURES = ROOT / "tests" / "fixtures"
-PAIRS = "100-200"
 EXAMPLE_SECRETS = {  # config/example.toml's
     "stripe": "whsec_example_secret",
     "shopify": "shpss_example_secret",
@@ -38,21 +41,20 @@ EXAMPLE_SECRETS = {  # config/example.toml's
 }
 
 
-def sample_request(platform: str, url: str | None = None) -> tuple[bytes, dict[str, str]]:
-    """The sample's body and headers, signed; `url` is the address it is posted to (a scheme
-    that signs the URL, Square's, signs that one; else the sample's configured url)."""
+def signed(platform: str, url: str | None = None) -> SampleDelivery:
+    """The platform's sample, signed; `url` is the address it is posted to (a scheme that signs
+    the URL, Square's, signs that one; else the sample's configured url)."""
     spec = REGISTRY[platform]
-    payload = json.loads((FIXTURES / platform / spec.sample.fixture).read_text())
-    headers = dict(spec.sample.headers)
-    if spec.sample.add_pairs is not None:  # where a shop keeps the pairs: the platform says
-        spec.sample.add_pairs(payload, headers, PAIRS)
-    body = json.dumps(payload).encode()
     default = EXAMPLE_SECRETS.get(platform, spec.sample.secrets[0])
     secret = os.environ.get(f"{platform.upper()}_WEBHOOK_SECRET", default)
-    scheme = spec.scheme_of(spec.sample.options)
     signed_url = url or spec.sample.options.get("url")
-    headers.update(scheme.sign(body, secret, time.time(), url=signed_url))
-    return body, headers
+    return signed_sample(spec, secret, time.time(), url=signed_url)
+
+
+def sample_request(platform: str, url: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The sample's body and headers, signed (see `signed`)."""
+    sample = signed(platform, url)
+    return sample.body, sample.headers
 
 
 def main(argv: list[str]) -> int:
@@ -63,16 +65,13 @@ def main(argv: list[str]) -> int:
     base = argv[2] if len(argv) > 2 else "http://127.0.0.1:8000"
     source = argv[3] if len(argv) > 3 else platform
     url = f"{base}/webhooks/{source}"
-    body, headers = sample_request(platform, url)
-    headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data=body, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            print(response.status, response.read().decode())
-    except urllib.error.HTTPError as exc:
-        print(exc.code, exc.read().decode())
+        answer = post(url, signed(platform, url))
+    except SendTestFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    print(answer.status, answer.body.decode("utf-8", "replace"))
+    return 0 if 200 <= answer.status < 300 else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The `convert-webhooks` command: check-config, events, deliveries, replay, dispatch, migrate,
-prune, exposures.
+prune, exposures, report, send-test.
 
 Every value read from the database is escaped before it reaches the terminal (a sender chose
 many of them: an ANSI escape sequence in an event type must not drive the operator's
@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import re
 import signal
 import sys
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +29,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from adapters import REGISTRY
 from adapters.base import PlatformSpec
 from adapters.payload import email_digest
-from webhooks.core.errors import PARSE_FAILURES, ConvertWebhooksError, PayloadError
+from webhooks.core.errors import (
+    PARSE_FAILURES,
+    ConvertWebhooksError,
+    PayloadError,
+    StorageError,
+)
 from webhooks.core.events import SENDABLE_KINDS, NormalizedEvent, ParseResult
+from webhooks.core.hits import HitFormat
 from webhooks.core.logs import configure_logging, escape
 from webhooks.core.settings import MIN_KEEP_DAYS, Settings, SourceSettings
 from webhooks.core.states import DeliveryStatus, EventState
 from webhooks.storage.clock import SystemClock
+from webhooks.storage.database import make_engine
 from webhooks.storage.digests import keyed_digest
 from webhooks.storage.exposures import (
     customer_filter,
@@ -42,11 +52,25 @@ from webhooks.storage.exposures import (
 from webhooks.storage.ingest import checked_transaction
 from webhooks.storage.migrations import migrate
 from webhooks.storage.records import event_detail, list_deliveries, list_events
+from webhooks.storage.report import PLACES, DayOf, Report, Tally, build_report
 from webhooks.storage.retention import PruneCounts, horizon, prune
 from webhooks.wiring.config import load_settings
 from webhooks.wiring.exposures import field_messages, read_row
 from webhooks.wiring.replay import replay_delivery, resend_events
 from webhooks.wiring.runtime import Runtime, build_runtime
+from webhooks.wiring.send_test import (
+    BIND_ENV,
+    SAMPLE_PAIRS,
+    Answer,
+    NamedEvent,
+    SendTestFailed,
+    check_url,
+    default_url,
+    post,
+    refusal,
+    source_sample,
+    wait_for_events,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +172,48 @@ def _parser() -> argparse.ArgumentParser:
         each.add_argument("--customer", help="the platform's customer id (with --source)")
         each.add_argument("--email")
         each.set_defaults(handler=handler)
+
+    rep = sub.add_parser(
+        "report",
+        help="per source and UTC day: orders received, paid, attributed (and where), sent, "
+        "skipped by reason, dead, and revenue sent per currency, with totals (see README)",
+    )
+    rep.add_argument(
+        "--since",
+        type=_since,
+        default="7d",
+        help="orders from this long ago (7d, 24h, 90m) or since an ISO date or time (UTC "
+        "unless it names an offset); default 7d",
+    )
+    rep.add_argument("--source", help="only this source")
+    rep.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    rep.add_argument(
+        "--by",
+        choices=[str(day_of) for day_of in DayOf],
+        default=str(DayOf.RECEIVED),
+        help="the day of an order: when the service received it (default), or when it was "
+        "ordered on the platform (to compare with the platform's order export)",
+    )
+    rep.set_defaults(handler=_report)
+
+    st = sub.add_parser(
+        "send-test",
+        help="post a signed sample delivery for a source to a running instance, and show the "
+        "Convert request it led to",
+    )
+    st.add_argument("source", help="a source of the config (its platform's sample is sent)")
+    st.add_argument(
+        "--url",
+        help="the webhook URL to post to (default: http://HOST:PORT/webhooks/SOURCE, with "
+        f"gunicorn's bind address from ${BIND_ENV}, else 127.0.0.1:8000)",
+    )
+    st.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=10.0,
+        help="seconds to wait for the dispatcher to handle the event (default 10, at most 300)",
+    )
+    st.set_defaults(handler=_send_test)
     return parser
 
 
@@ -513,6 +579,289 @@ def _exposures_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report: per source and UTC day, what became of the orders -------------------------------
+
+_SINCE_AGO = re.compile(r"([0-9]{1,6})([dhm])", re.ASCII)
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60}
+MAX_SINCE_CHARS = 40
+
+
+def since_time(text: str, now: float) -> float:
+    """Unix seconds for --since: `7d`, `24h`, `90m` before `now`, or an ISO date or time
+    (UTC unless it names an offset). ValueError otherwise."""
+    if len(text) > MAX_SINCE_CHARS:
+        raise ValueError("too long")
+    ago = _SINCE_AGO.fullmatch(text)
+    if ago:
+        return now - int(ago[1]) * _UNIT_SECONDS[ago[2]]
+    when = datetime.fromisoformat(text)  # ASCII digits only; ValueError for anything else
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _since(text: str) -> float:
+    try:
+        return since_time(text, time.time())
+    except ValueError:
+        # The value is not echoed: the message stays one safe line whatever was typed.
+        raise argparse.ArgumentTypeError(
+            "must be a duration (7d, 24h, 90m) or an ISO date or time (2027-01-15, "
+            "2027-01-15T08:00:00+01:00)"
+        ) from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    try:
+        report = build_report(runtime.engine, args.since, DayOf(args.by), args.source)
+    finally:
+        runtime.close()
+    {"table": _report_table, "json": _report_json, "csv": _report_csv}[args.format](report)
+    return 0
+
+
+ALL_SOURCES = "all sources"
+
+
+def _report_lines(report: Report) -> list[tuple[str, str, Tally]]:
+    """(source, day, counts): each source's days, then its total; then the total of all."""
+    lines: list[tuple[str, str, Tally]] = []
+    by_source = report.by_source()
+    for source, tally in by_source.items():
+        lines += [(s, day, t) for (s, day), t in report.days.items() if s == source]
+        lines.append((source, "total", tally))
+    if len(by_source) > 1:
+        lines.append((ALL_SOURCES, "total", report.total()))
+    return lines
+
+
+def _report_table(report: Report) -> None:
+    lines = _report_lines(report)
+    _print_table(
+        [("day", 10, "<"), ("source", 20, "<"), ("received", 8, ">"), ("paid", 8, ">")]
+        + [("attributed", 10, ">"), ("sent", 8, ">"), ("dry run", 7, ">")]
+        + [("pending", 7, ">"), ("skipped", 7, ">"), ("dead", 6, ">")]
+        + [("revenue sent", 60, "<"), ("attributed where", 60, "<"), ("skipped why", 0, "<")],
+        (
+            (day, source, t.received, t.paid, t.attributed_total, t.sent, t.dry_run)
+            + (t.pending, t.skipped_total, t.dead, _revenue_text(t.revenue) or "-")
+            + (_counts_text(t.attributed) or "-", _counts_text(t.skipped) or "-")
+            for source, day, t in lines
+        ),
+    )
+    if not lines:
+        print(f"no orders {_since_text(report)}")
+
+
+def _since_text(report: Report) -> str:
+    verb = "received" if report.day_of is DayOf.RECEIVED else "placed"
+    return f"{verb} since {_iso(report.since)}"
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items()) if count)
+
+
+def _revenue_text(revenue: dict[str, Decimal]) -> str:
+    return ", ".join(f"{_amount_text(amount)} {code}" for code, amount in sorted(revenue.items()))
+
+
+def _amount_text(amount: Decimal) -> str:
+    return format(amount, "f")  # never exponent notation
+
+
+def _tally_json(t: Tally) -> dict[str, Any]:
+    return {
+        "received": t.received,
+        "paid": t.paid,
+        "attributed": t.attributed_total,
+        "attributed_by_place": {place: t.attributed[place] for place in PLACES},
+        "sent": t.sent,
+        "dry_run": t.dry_run,
+        "pending": t.pending,
+        "skipped": t.skipped_total,
+        "skipped_by_reason": dict(sorted(t.skipped.items())),
+        "dead": t.dead,
+        "revenue_sent": {code: _amount_text(a) for code, a in sorted(t.revenue.items())},
+    }
+
+
+def _report_json(report: Report) -> None:
+    document = {
+        "since": _iso(report.since),
+        "day_of": str(report.day_of),
+        "days": [
+            {"source": source, "day": day, **_tally_json(tally)}
+            for (source, day), tally in report.days.items()
+        ],
+        "sources": {source: _tally_json(t) for source, t in report.by_source().items()},
+        "total": _tally_json(report.total()),
+    }
+    print(_json(document))
+
+
+def _report_csv(report: Report) -> None:
+    """One row per source and day, then total rows (day "total"): a column per skip reason and
+    per currency found. Every cell is escaped and made safe to open in a spreadsheet."""
+    lines = _report_lines(report)
+    reasons = sorted({reason for _, _, t in lines for reason in t.skipped})
+    currencies = sorted({code for _, _, t in lines for code in t.revenue})
+    header = ["day", "source", "received", "paid", "attributed"]
+    header += [f"attributed_{place}" for place in PLACES]
+    header += ["sent", "dry_run", "pending", "skipped"]
+    header += [f"skipped_{reason}" for reason in reasons] + ["dead"]
+    header += [f"revenue_sent_{code}" for code in currencies]
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow([_csv_cell(title) for title in header])
+    for source, day, t in lines:
+        row: list[object] = [day, source, t.received, t.paid, t.attributed_total]
+        row += [t.attributed[place] for place in PLACES]
+        row += [t.sent, t.dry_run, t.pending, t.skipped_total]
+        row += [t.skipped[reason] for reason in reasons] + [t.dead]
+        row += [_amount_text(t.revenue.get(code, Decimal(0))) for code in currencies]
+        writer.writerow([_csv_cell(value) for value in row])
+
+
+_FORMULA_START = ("=", "+", "-", "@")
+
+
+def _csv_cell(value: object) -> str:
+    """Escaped for the terminal; a text starting like a formula gets a leading apostrophe, so
+    a spreadsheet shows it instead of evaluating it (counts and amounts never start so)."""
+    text = escape(str(value))
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
+
+
+# --- send-test: a signed sample through a running instance, and what came of it -------------
+
+MAX_WAIT_SECONDS = 300.0
+STILL_PENDING = 3  # the exit code when the dispatcher has not finished within --wait
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if not 0 <= value <= MAX_WAIT_SECONDS:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_WAIT_SECONDS:g} seconds")
+    return value
+
+
+def _send_test(args: argparse.Namespace) -> int:
+    """0: every event led to a Convert request (sent, or logged in a dry run); 1: refused or
+    not sent (skipped, dead, no event); 2: usage or config; 3: still pending after --wait."""
+    settings = _settings(args)
+    source = settings.sources.get(args.source)
+    if source is None:
+        known = ", ".join(sorted(settings.sources)) or "none"
+        raise ConvertWebhooksError(f"no source '{args.source}' in the config (sources: {known})")
+    url = check_url(args.url) if args.url else default_url(source.name, os.environ.get(BIND_ENV))
+    sample = source_sample(source, time.time())
+    print(
+        escape(
+            f"posting the {source.platform} sample ({sample.fixture}, experiment pairs "
+            f"{SAMPLE_PAIRS}) to {url}, signed with sources.{source.name}.secrets[0]"
+        )
+    )
+    try:
+        answer = post(url, sample)
+        print(f"answer: {answer.status} {_answer_text(answer)}")
+        problem = refusal(source.name, url, answer)
+        if problem is not None:
+            raise SendTestFailed(problem)
+    except SendTestFailed as exc:
+        print(escape(f"error: {exc}"), file=sys.stderr)
+        return 1
+    named = answer.events()
+    if not named:
+        reason = (answer.json() or {}).get("reason") or "no reason given"
+        print(escape(f"no event stored: {reason}"))
+        return 1
+    engine = make_engine(settings.database_url, settings.busy_timeout_ms)
+    try:
+        details = wait_for_events(engine, [n.id for n in named], args.wait)
+    except (SQLAlchemyError, StorageError) as exc:
+        print(
+            f"error: the service stored it, but this config's database (database.url) cannot "
+            f"be read ({type(exc).__name__}): is it the service's? Look there with "
+            f"`convert-webhooks events show {named[0].id}`",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.dispose()
+    return max(_show_event(source.name, n, details[n.id], args.wait) for n in named)
+
+
+def _answer_text(answer: Answer) -> str:
+    found = answer.json()
+    if found is not None:
+        return json.dumps(found, ensure_ascii=True)  # one line, every control escaped
+    text = answer.body.decode("utf-8", "replace")
+    return escape(text[:300] + ("..." if len(text) > 300 else "")) or "(empty)"
+
+
+def _show_event(source: str, named: NamedEvent, detail: dict[str, Any] | None, wait: float) -> int:
+    if detail is None:
+        print(
+            f"event {named.id}: not in this config's database (database.url): the service "
+            f"uses another one; look there with `convert-webhooks events show {named.id}`"
+        )
+        return 1
+    event = detail["event"]
+    if event["source"] != source or named.order_id not in (None, event["order_id"]):
+        print(
+            f"event {named.id} in this config's database is another order: the service uses "
+            "another database than this config's database.url"
+        )
+        return 1
+    if named.duplicate:
+        print("the sample order was counted before (an earlier send-test); as stored then:")
+    state, code = event["state"], event["reason_code"]
+    head = f"event {named.id} ({event['kind']}, order {event['order_id']}, "
+    head += f"{event['amount']} {event['currency']}): {state}"
+    if code and state not in (EventState.SENT, EventState.DRY_RUN):
+        head += f" ({code}: {event['reason']})"
+    print(escape(head))
+    if event["attributed_from"]:
+        print(escape(f"  experiment data from {event['attributed_from']}"))
+    for send in detail["sends"]:
+        _show_send(send)
+    if state == EventState.PENDING:
+        print(
+            f"  still pending after {wait:g} s: the dispatcher has not finished it; look "
+            f"with `convert-webhooks events show {named.id}`"
+        )
+        return STILL_PENDING
+    if not detail["sends"]:
+        print("  no Convert request")
+    return 0 if state in (EventState.SENT, EventState.DRY_RUN) else 1
+
+
+def _show_send(send: dict[str, Any]) -> None:
+    said = f", HTTP {send['last_status']}" if send["last_status"] is not None else ""
+    if send["last_error"] and send["last_error"] != said.removeprefix(", "):
+        said += f", {send['last_error']}"
+    if send["state"] == "dry_run":
+        said += " (dry run: logged, not sent)"
+    head = f"  Convert request ({send['format']}, pair {send['pair']}): {send['state']}{said}"
+    print(escape(head))
+    shown = _shown_payload(send["format"], send["payload"])
+    text = shown if isinstance(shown, str) else _json(shown)
+    for line in text.splitlines():
+        print(f"    {escape(line)}")
+
+
+def _shown_payload(hit_format: object, payload: str) -> Any:
+    """A JSON request body (the v1 format) as the document it is; a URL as it is."""
+    if hit_format != HitFormat.V1_JSON:
+        return payload
+    try:
+        return json.loads(payload)
+    except ValueError:  # not what the format stores: shown as stored
+        return payload
+
+
 def _prune_summary(counts: PruneCounts, days: float, before: float, dry_run: bool) -> str:
     verb = "would delete" if dry_run else "deleted"
     lines = [
@@ -584,6 +933,8 @@ def _readable(detail: dict[str, Any]) -> dict[str, Any]:
                 out[key] = _iso(value)
             elif key == "attributes" and isinstance(value, str):
                 out[key] = json.loads(value)
+            elif key == "payload" and isinstance(value, str):
+                out[key] = _shown_payload(row.get("format"), value)
             else:
                 out[key] = value
         return out
