@@ -3,6 +3,8 @@
 # cannot hold the workers (deploy/nginx.conf). deploy/entrypoint.sh runs and stops both.
 FROM python:3.11-slim
 
+# PROMETHEUS_MULTIPROC_DIR: where each gunicorn worker keeps its metric counters for /metrics
+# to sum; gunicorn.conf.py creates it (0700, the app user's) and empties it at every start.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -11,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NGINX_RUNTIME_DIR=/tmp/nginx \
     CONVERT_WEBHOOKS_BIND=127.0.0.1:8001 \
     CONVERT_WEBHOOKS_CONFIG=/app/config/example.toml \
-    CONVERT_WEBHOOKS_DATABASE_URL=sqlite:////data/convert-webhooks.db
+    CONVERT_WEBHOOKS_DATABASE_URL=sqlite:////data/convert-webhooks.db \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/convert-webhooks-metrics
 
 # Debian's nginx; the base image's policy-rc.d keeps the package from starting it.
 RUN apt-get update \

@@ -18,6 +18,19 @@ class IngestSeen:
     status: str  # core.states.DeliveryStatus, or "refused" (401) / "rejected" (400)
     kinds: tuple[str, ...]  # the kinds of the events stored
     seconds: float  # from the first byte read to the answer
+    # Optional, filled by the webhook route. Values a sender wrote (topic, delivery key) are
+    # as sent: shown only through core.logs.shown_id, never used as metric labels.
+    topic: str | None = None
+    delivery_key: str | None = None  # the platform's id of the delivery
+    delivery_id: int | None = None  # the stored delivery's row id
+    request_id: str | None = None
+    reason: str | None = None  # why it was refused, rejected or failed: our words, no values
+    http_status: int | None = None
+    replay: bool = False  # this very delivery was received before (delivery-level duplicate)
+    duplicates: int = 0  # events it names that an earlier delivery already counted
+    # (state, reason code) of each event it newly stored: pending/queued, or skipped already
+    # (test mode, a kind not sent, no goals) without ever reaching the dispatcher.
+    stored: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
 """HTTP routes: receive (verify, parse, store, answer) and the health probes.
 
 The request path does no network calls and nothing the dispatcher can do later. Whatever a
-client sends gets a 4xx with a message naming the field, never its value, and one log line
-with the error's type and place, never a traceback.
+client sends gets a 4xx with a message naming the field, never its value, and never a
+traceback in the log.
+
+Each webhook request logs one line, `webhook`, with its request id (the caller's
+`X-Request-Id` when it looks like one, else a new one; echoed in the answer), source, topic,
+delivery id, status and latency, and tells the observer the same (metrics). A fault that
+needs a developer (a crash in a signature parser, a value the database refused) adds its own
+warning line, carrying the same request id.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import uuid
+from dataclasses import dataclass
 from typing import NoReturn
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.wsgi import get_input_stream
 
 from adapters import REGISTRY
@@ -29,14 +37,23 @@ from webhooks.core.errors import (
     UnstorableError,
 )
 from webhooks.core.events import ParseResult
-from webhooks.core.logs import describe
+from webhooks.core.logs import (
+    NOT_SHOWN,
+    bind_request_id,
+    describe,
+    fields,
+    shown_id,
+    unbind_request_id,
+)
 from webhooks.core.observe import IngestSeen
 from webhooks.core.settings import SourceSettings
+from webhooks.core.states import DeliveryStatus
 from webhooks.storage.ingest import (
     UNREADABLE_TOPIC,
     Delivery,
     IngestOutcome,
     ingest,
+    initial_state,
     store_rejected,
 )
 from webhooks.wiring.runtime import Runtime
@@ -47,6 +64,10 @@ bp = Blueprint("webhooks", __name__)
 # Source names as the config allows them; anything else is not echoed back.
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _READ_SIZE = 65_536
+# An X-Request-Id taken as it is (nginx's $request_id, a UUID, a tracing id); anything else
+# (too long, spaces, an email address) is replaced by a new one.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")
+REASON_CHARS = 300  # of a refusal's or failure's reason, in the log line
 
 
 def runtime() -> Runtime:
@@ -70,31 +91,120 @@ def readyz() -> tuple[Response, int]:
     return jsonify(status="ready"), 200
 
 
+@bp.before_app_request
+def _bind_request_id() -> None:
+    given = request.headers.get("X-Request-Id", "")
+    chosen = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.request_id = chosen
+    g.request_id_token = bind_request_id(chosen)  # every line of this request carries it
+
+
+@bp.after_app_request
+def _echo_request_id(response: Response) -> Response:
+    request_id = g.get("request_id")
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@bp.teardown_app_request
+def _unbind_request_id(_exc: BaseException | None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        unbind_request_id(token)
+
+
+@dataclass
+class _Trace:
+    """What one webhook request came to, for its log line and the observer."""
+
+    status: str = "error"
+    http_status: int = 500
+    topic: str | None = None
+    delivery_key: str | None = None
+    outcome: IngestOutcome | None = None
+    reason: str | None = None
+    stored: tuple[tuple[str, str], ...] = ()  # (state, reason code) of each new event
+
+    def parsed(self, result: ParseResult) -> None:
+        self.topic, self.delivery_key = result.topic, result.delivery_key
+
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, ConvertWebhooksError):
+            self.status = _OBSERVED_AS.get(type(exc), "error")
+            self.http_status = exc.http_status
+            self.reason = str(exc)[:REASON_CHARS]  # our words: they name fields, not values
+        else:
+            self.reason = describe(exc)
+
+
 @bp.post("/webhooks/<source_name>")
 def receive(source_name: str) -> tuple[Response, int]:
     rt = runtime()
     source = rt.settings.sources.get(source_name)
     if source is None:
+        shown = source_name if _SOURCE_NAME.fullmatch(source_name) else NOT_SHOWN
+        log.info("webhook", extra=fields(source=shown, status="unknown_source", http_status=404))
         return jsonify(error=_unknown_source(source_name)), 404
     began = rt.clock.monotonic()
-    status = "error"
-    kinds: tuple[str, ...] = ()
+    trace = _Trace()
     try:
-        outcome = _receive(rt, source)
-        status, kinds = outcome.status, tuple(str(e["kind"]) for e in outcome.events)
-    except ConvertWebhooksError as exc:
-        status = _OBSERVED_AS.get(type(exc), "error")
+        trace.outcome = _receive(rt, source, trace)
+        reply = REGISTRY[source.platform].answer(trace.outcome.as_json())
+        trace.status, trace.http_status = trace.outcome.status, reply.status
+    except Exception as exc:
+        trace.failed(exc)
         raise
     finally:
-        seen = IngestSeen(source.name, status, kinds, rt.clock.monotonic() - began)
-        try:
-            rt.observer.ingest(seen)
-        except Exception as exc:  # an observer never changes the answer
-            log.warning("observer failed: %s", describe(exc))
-    reply = REGISTRY[source.platform].answer(outcome.as_json())
+        _report(rt, source, trace, rt.clock.monotonic() - began)
     if isinstance(reply.body, bytes):
         return Response(reply.body, content_type=reply.content_type), reply.status
     return jsonify(reply.body), reply.status
+
+
+def _report(rt: Runtime, source: SourceSettings, trace: _Trace, seconds: float) -> None:
+    """Tell the observer, then write the request's one `webhook` line."""
+    outcome = trace.outcome
+    stored = outcome.events if outcome is not None else []
+    seen = IngestSeen(
+        source.name,
+        trace.status,
+        tuple(str(e["kind"]) for e in stored),
+        seconds,
+        topic=trace.topic,
+        delivery_key=trace.delivery_key,
+        delivery_id=outcome.delivery_id if outcome is not None else None,
+        request_id=g.get("request_id"),
+        reason=trace.reason,
+        http_status=trace.http_status,
+        replay=trace.status == DeliveryStatus.DUPLICATE and not stored,
+        duplicates=sum(1 for e in stored if e.get("duplicate")),
+        stored=trace.stored,
+    )
+    try:
+        rt.observer.ingest(seen)
+    except Exception as exc:  # an observer never changes the answer
+        log.warning("observer failed: %s", describe(exc))
+    level = logging.WARNING if seen.status in ("unavailable", "error") else logging.INFO
+    log.log(level, "webhook", extra=_line(seen, source.platform))
+
+
+def _line(seen: IngestSeen, platform: str) -> dict[str, object]:
+    # The topic and delivery id are whatever the sender wrote: shown only when they look
+    # like ids (never an email address or a sentence).
+    return fields(
+        source=seen.source,
+        platform=platform,
+        topic=shown_id(seen.topic),
+        delivery_key=shown_id(seen.delivery_key, 255),
+        delivery_id=seen.delivery_id,
+        status=seen.status,
+        http_status=seen.http_status,
+        events=",".join(seen.kinds) or None,
+        duplicates=seen.duplicates or None,
+        reason=seen.reason,
+        latency_ms=round(seen.seconds * 1000, 2),
+    )
 
 
 # How the observer hears of a request that did not end in a stored delivery.
@@ -108,7 +218,7 @@ _OBSERVED_AS: dict[type[ConvertWebhooksError], str] = {
 }
 
 
-def _receive(rt: Runtime, source: SourceSettings) -> IngestOutcome:
+def _receive(rt: Runtime, source: SourceSettings, trace: _Trace) -> IngestOutcome:
     raw = read_body(rt.settings.max_body_bytes)
     headers = {name.lower(): value for name, value in request.headers.items()}
     adapter = REGISTRY[source.platform]
@@ -122,6 +232,7 @@ def _receive(rt: Runtime, source: SourceSettings) -> IngestOutcome:
             result = rt.parser(source)(headers, raw)
         except (PayloadError, *PARSE_FAILURES) as exc:
             _keep_rejected(rt, source, headers, raw, exc, now, UNREADABLE_TOPIC)
+    trace.parsed(result)
     rt.ensure_schema()
     settings = rt.settings
     delivery = Delivery(
@@ -140,15 +251,19 @@ def _receive(rt: Runtime, source: SourceSettings) -> IngestOutcome:
         _keep_rejected(rt, source, headers, raw, exc, now, result.topic)
     if outcome.has_pending:
         rt.dispatcher.wake()
-    # The topic is not logged: it is whatever the sender wrote; the kinds are ours.
-    log.info(
-        "webhook source=%s status=%s delivery=%s events=%s",
-        source.name,
-        outcome.status,
-        outcome.delivery_id,
-        ",".join(e["kind"] for e in outcome.events) or "-",
-    )
+    trace.stored = _stored_states(delivery, outcome)
     return outcome
+
+
+def _stored_states(delivery: Delivery, outcome: IngestOutcome) -> tuple[tuple[str, str], ...]:
+    """(state, reason code) of each event the delivery newly stored, by the rule ingest
+    applied (a pure function of the event and the source: no query)."""
+    states = []
+    for event, summary in zip(delivery.result.events, outcome.events, strict=False):
+        if not summary.get("duplicate"):
+            state, code, _text = initial_state(delivery, event)
+            states.append((str(state), str(code)))
+    return tuple(states)
 
 
 def _unknown_source(name: str) -> str:
@@ -205,9 +320,8 @@ def _verify(
     make anything else happen (a crash in a header parser is a refusal too)."""
     try:
         adapter.verify(signed, source, now)
-    except SignatureError as exc:
-        log.info("source=%s: signature refused: %s", source.name, describe(exc))
-        raise
+    except SignatureError:
+        raise  # the request's `webhook` line says why
     except Exception as exc:
         log.warning("source=%s: signature check failed: %s", source.name, describe(exc))
         raise SignatureError("signature header could not be read") from exc
@@ -228,8 +342,7 @@ def _keep_rejected(
         reason = str(exc)
         log.warning("source=%s: database refused a value: %s", source.name, describe(exc))
     elif isinstance(exc, PayloadError):
-        reason = str(exc)
-        log.info("source=%s: payload rejected: %s", source.name, describe(exc))
+        reason = str(exc)  # the request's `webhook` line says it
     else:
         # The message could quote the payload (personal data): the type only.
         reason = f"unreadable payload ({type(exc).__name__})"
