@@ -344,6 +344,8 @@ def test_version_6_database_gets_the_convert_format_column_without_losing_rows(
     with engine.connect() as conn:
         column = {c["name"]: c for c in inspect(conn).get_columns("events")}["convert_format"]
         assert column["nullable"]
+        indexes = {i["name"] for i in inspect(conn).get_indexes("events")}
+        assert "ix_events_open" in indexes  # what the metrics' scrape reads
         added = conn.execute(text("SELECT convert_format FROM events ORDER BY id")).all()
         assert [tuple(row) for row in added] == [(None,), (None,)]
     assert migrate(engine) == 7

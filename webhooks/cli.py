@@ -56,6 +56,7 @@ from webhooks.storage.report import PLACES, DayOf, Report, Tally, build_report
 from webhooks.storage.retention import PruneCounts, horizon, prune
 from webhooks.wiring.config import load_settings
 from webhooks.wiring.exposures import field_messages, read_row
+from webhooks.wiring.observers import default_observer
 from webhooks.wiring.replay import replay_delivery, resend_events
 from webhooks.wiring.runtime import Runtime, build_runtime
 from webhooks.wiring.send_test import (
@@ -228,9 +229,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def _runtime(args: argparse.Namespace) -> Runtime:
+def _runtime(args: argparse.Namespace, sends: bool = False) -> Runtime:
+    """The runtime a command works with; one that sends to Convert (`sends`) logs and counts
+    each attempt like the service does (the `convert attempt` lines, the metrics)."""
     configure_logging()
-    runtime = build_runtime(_settings(args), SystemClock())
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    observer = default_observer(settings) if sends else None
+    runtime = build_runtime(settings, SystemClock(), observer)
     runtime.ensure_schema()
     return runtime
 
@@ -403,7 +409,7 @@ def _deliveries(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
+    runtime = _runtime(args, sends=not args.no_send)
     now = time.time()
     if args.delivery is not None:
         outcome = replay_delivery(runtime.engine, runtime.settings, args.delivery, now)
@@ -419,7 +425,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
+    runtime = _runtime(args, sends=True)
     if args.once:
         print(f"dispatched {runtime.dispatcher.drain()} event(s)")
         runtime.close()

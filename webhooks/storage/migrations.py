@@ -16,6 +16,8 @@ from webhooks.storage.schema import (
     V4_COLUMNS,
     V6_COLUMNS,
     V7_COLUMNS,
+    V7_INDEXES,
+    events,
     exposures,
     metadata,
     readiness,
@@ -80,8 +82,12 @@ def _v6_details_on_events(conn: Connection) -> None:
 
 def _v7_convert_format_on_events(conn: Connection) -> None:
     """Each event records the Convert format it goes out in (NULL for the events stored so
-    far: they were stored under the legacy GET, the only format there was)."""
+    far: they were stored under the legacy GET, the only format there was); an index for the
+    open events the metrics read at each scrape."""
     _add_columns(conn, V7_COLUMNS)
+    for index in events.indexes:
+        if index.name in V7_INDEXES:
+            index.create(conn, checkfirst=True)
 
 
 def _add_columns(conn: Connection, added: Mapping[str, Sequence[str]]) -> None:

@@ -29,6 +29,7 @@ def announce(bind: str) -> None:
     """
     configure_logging()
     settings = load_settings()
+    configure_logging(settings.logging)
     engine = make_engine(settings.database_url, settings.busy_timeout_ms)
     try:
         if _migrate_or_warn(engine):
