@@ -1,6 +1,8 @@
 # convert-webhooks: nginx in front of gunicorn on a slim Python base, as a non-root user.
-# nginx reads every request in full before gunicorn's sync workers see it, so slow clients
-# cannot hold the workers (deploy/nginx.conf). deploy/entrypoint.sh runs and stops both.
+# nginx reads every request in full before gunicorn's threads see it, so slow clients cannot
+# hold them (deploy/nginx.conf). gunicorn runs threaded workers (gthread, gunicorn.conf.py):
+# concurrent requests share one durable commit (group commit). deploy/entrypoint.sh runs and
+# stops both.
 FROM python:3.11-slim
 
 # PROMETHEUS_MULTIPROC_DIR: where each gunicorn worker keeps its metric counters for /metrics
@@ -14,7 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CONVERT_WEBHOOKS_BIND=127.0.0.1:8001 \
     CONVERT_WEBHOOKS_CONFIG=/app/config/example.toml \
     CONVERT_WEBHOOKS_DATABASE_URL=sqlite:////data/convert-webhooks.db \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/convert-webhooks-metrics
+    PROMETHEUS_MULTIPROC_DIR=/tmp/convert-webhooks-metrics \
+    CONVERT_WEBHOOKS_SAMPLES=/app/tests/fixtures
 
 # Debian's nginx; the base image's policy-rc.d keeps the package from starting it.
 RUN apt-get update \
@@ -27,6 +30,8 @@ COPY webhooks ./webhooks
 COPY adapters ./adapters
 COPY config ./config
 COPY deploy ./deploy
+# The platforms' sample payloads `convert-webhooks send-test` signs and posts.
+COPY tests/fixtures ./tests/fixtures
 RUN pip install . \
     && chmod 0755 deploy/entrypoint.sh \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app \

@@ -10,7 +10,12 @@ from gunicorn.glogging import Logger
 
 bind = os.environ.get("CONVERT_WEBHOOKS_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("CONVERT_WEBHOOKS_WORKERS", "2"))
-worker_class = "sync"
+# Threads, so the requests of one worker wait for a durable commit together: the group commit
+# (webhooks/storage/group_commit.py) stores every delivery waiting in one transaction, one
+# fsync for many requests. A sync worker holds one request, so each would commit alone.
+# Slow clients hold a thread, not the worker; nginx in front still reads bodies in full.
+worker_class = "gthread"
+threads = int(os.environ.get("CONVERT_WEBHOOKS_THREADS", "16"))
 timeout = 30
 graceful_timeout = 20
 keepalive = 5

@@ -277,6 +277,7 @@ def test_under_gunicorn_every_worker_takes_the_session(
         conn.request("POST", "/admin/login", body=f"password={PASSWORD}", headers=headers)
         answer = conn.getresponse()
         answer.read()
+        conn.close()  # threaded workers keep connections alive: close ours
         assert (answer.status, answer.getheader("Location")) == (303, "/admin")
         cookie = (answer.getheader("Set-Cookie") or "").split(";")[0]
         assert cookie.startswith(f"{COOKIE}=")

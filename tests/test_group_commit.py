@@ -9,19 +9,25 @@ the next transaction takes them all.
 
 from __future__ import annotations
 
+import http.client
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
 from tests.conftest import Service
+from tests.convert_recorder import ConvertRecorder
+from tests.gunicorn_process import GunicornService, service_config
+from tests.payloads import body, experiments, shopify_order
+from tests.signing import shopify_hmac
 from tests.test_storage_refusals import stripe_delivery, unchecked
 from webhooks.core.errors import StorageError, UnstorableError
 from webhooks.storage.group_commit import GroupCommitter
@@ -202,3 +208,76 @@ def test_a_refusal_raised_directly_matches_a_lone_ingest(any_db_service: Service
     with pytest.raises(UnstorableError, match="cannot be stored"):
         committer.ingest(stripe_delivery(any_db_service, "evt_x", item_count=2**63), 0.0)
     assert count(any_db_service, deliveries) == 0
+
+
+def test_sigkill_under_concurrent_load_loses_no_acknowledged_delivery(
+    tmp_path: Path, recorder: ConvertRecorder
+) -> None:
+    """Real gunicorn (threaded workers, group commit), 24 clients posting at once, SIGKILL in
+    the middle: every delivery answered 2xx is in the database; the ones not answered are
+    resent, as a platform does, and each purchase is then stored exactly once."""
+    db_url = f"sqlite:///{tmp_path / 'kill.db'}"
+    config = service_config(tmp_path / "kill.toml", db_url, recorder.base_url, dispatcher=False)
+    env = {"SHOP_SECRET": KILL_SECRET}
+    first = GunicornService(config, workers=2, env=env).start()
+    total = 600
+    answers: dict[int, int | None] = {}
+    stop_posting = threading.Event()
+
+    def client(numbers: range) -> None:
+        for n in numbers:
+            if stop_posting.is_set():
+                return
+            try:
+                answers[n] = first.post("/webhooks/shop", *signed_order(n))[0]
+            except (OSError, http.client.HTTPException):
+                answers[n] = None  # the connection died with the workers: not acknowledged
+
+    clients = [
+        threading.Thread(target=client, args=(range(i + 1, total + 1, 24),)) for i in range(24)
+    ]
+    try:
+        for thread in clients:
+            thread.start()
+        wait_until(lambda: sum(1 for s in answers.values() if s == 200) >= 100, 30)
+        first.kill()
+        stop_posting.set()
+        for thread in clients:
+            thread.join(30)
+    finally:
+        first.stop()
+    acknowledged = {n for n, status in answers.items() if status == 200}
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            stored = {int(o) for o in conn.execute(select(events.c.order_id)).scalars()}
+        assert acknowledged <= stored  # nothing acknowledged was lost
+        second = GunicornService(config, workers=2, env=env).start()
+        try:
+            for n in range(1, total + 1):
+                if n not in acknowledged:  # the platform retries what was not answered 2xx
+                    status, answer = second.post("/webhooks/shop", *signed_order(n))
+                    assert status == 200, answer
+        finally:
+            second.stop()
+        with engine.connect() as conn:
+            orders = list(conn.execute(select(events.c.order_id)).scalars())
+        assert sorted(int(o) for o in orders) == list(range(1, total + 1))  # each exactly once
+        print(f"acknowledged before the kill: {len(acknowledged)}; stored: {len(stored)}")
+    finally:
+        engine.dispose()
+
+
+KILL_SECRET = "shpss_group_commit_kill"
+
+
+def signed_order(order_id: int) -> tuple[bytes, dict[str, str]]:
+    order = shopify_order(id=order_id, test=False, note_attributes=experiments("10-20"))
+    data = body(order)
+    headers = {
+        "X-Shopify-Topic": "orders/paid",
+        "X-Shopify-Event-Id": f"ev-{order_id}",
+        "X-Shopify-Hmac-Sha256": shopify_hmac(data, KILL_SECRET),
+        "Content-Type": "application/json",
+    }
+    return data, headers

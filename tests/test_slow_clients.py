@@ -1,6 +1,6 @@
-"""Slow clients against the deployment: gunicorn's sync workers behind the real nginx with
-deploy/nginx.conf. Bare gunicorn stops answering when two connections send their headers a
-byte a second; behind nginx, 200 such connections cost nothing and webhooks are answered at
+"""Slow clients against the deployment: gunicorn's threaded workers behind the real nginx with
+deploy/nginx.conf. Bare gunicorn stops answering when one connection per thread sends its
+headers a byte a second; behind nginx, 200 such connections cost nothing and webhooks are answered at
 once. Also: nginx's 413, the raw body reaching the service byte for byte, and the Docker
 entrypoint (deploy/entrypoint.sh) serving through nginx and stopping cleanly."""
 
@@ -34,6 +34,8 @@ from tests.nginx_process import REQUIRE_ENV, NginxProxy, require_nginx
 from tests.payloads import body, experiments, shopify_order, stripe_event
 from tests.signing import shopify_hmac, stripe_signature_header
 
+GUNICORN_WORKERS = 2
+GUNICORN_THREADS = 16  # gunicorn.conf.py's default, set explicitly
 SECRET = "shpss_slow_clients_test_secret"
 MAX_BODY = 1_048_576  # the service's default max_body_bytes, and nginx's client_max_body_size
 SLOW_CLIENTS = 200
@@ -61,7 +63,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         recorder = ConvertRecorder().start()
         cleanup.callback(recorder.stop)
         config = service_config(tmp / "config.toml", f"sqlite:///{db}", recorder.base_url)
-        gunicorn = GunicornService(config, workers=2, env={"SHOP_SECRET": SECRET})
+        gunicorn = GunicornService(
+            config,
+            workers=GUNICORN_WORKERS,
+            env={"SHOP_SECRET": SECRET, "CONVERT_WEBHOOKS_THREADS": str(GUNICORN_THREADS)},
+        )
         cleanup.callback(gunicorn.stop)
         gunicorn.start()
         nginx = NginxProxy(tmp / "nginx", f"127.0.0.1:{gunicorn.port}")
@@ -238,15 +244,15 @@ def wait_answering(url: str, timeout: float) -> None:
 # --- the tests -------------------------------------------------------------------------------
 
 
-def test_control_two_slow_clients_starve_bare_gunicorn(stack: Stack) -> None:
-    """Why nginx is there: straight at gunicorn, two slow clients hold both sync workers.
-    (Also proves the slow clients below are real ones.)"""
+def test_control_one_slow_client_per_thread_starves_bare_gunicorn(stack: Stack) -> None:
+    """Why nginx is there: straight at gunicorn, one slow client per thread (2 workers x 16
+    threads) holds every thread. (Also proves the slow clients below are real ones.)"""
     data, headers = signed_order(9001)
     with SlowClients(stack.gunicorn.port) as slow:
-        slow.open(2)
-        time.sleep(0.5)  # both workers have accepted one and are blocked reading it
+        slow.open(GUNICORN_WORKERS * GUNICORN_THREADS)
+        time.sleep(1.0)  # every thread has taken one and is blocked reading it
         status, _ = post(f"{stack.gunicorn.url}/webhooks/shop", data, headers, ANSWER_WITHIN)
-        assert status == 0, "bare gunicorn answered although both workers were held"
+        assert status == 0, "bare gunicorn answered although every thread was held"
     # Closing them frees the workers (each reads EOF); the queued webhook is then handled.
     wait_answering(f"{stack.gunicorn.url}/healthz", timeout=10)
 

@@ -52,7 +52,6 @@ from webhooks.storage.ingest import (
     UNREADABLE_TOPIC,
     Delivery,
     IngestOutcome,
-    ingest,
     initial_state,
     store_rejected,
 )
@@ -246,7 +245,7 @@ def _receive(rt: Runtime, source: SourceSettings, trace: _Trace) -> IngestOutcom
         convert_format=settings.convert.format,
     )
     try:
-        outcome = ingest(rt.engine, delivery, now)
+        outcome = rt.ingest(delivery, now)  # with the others waiting: one durable commit
     except UnstorableError as exc:
         _keep_rejected(rt, source, headers, raw, exc, now, result.topic)
     if outcome.has_pending:

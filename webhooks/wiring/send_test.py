@@ -11,6 +11,7 @@ scheme that verifies (adapters/schemes.py). `scripts/send_sample.py` calls the s
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,8 +31,11 @@ from webhooks.core.states import EventState
 from webhooks.storage.records import event_detail
 
 SAMPLE_PAIRS = "100-200"
-# The sample bodies: the checkout's tests/fixtures (webhooks/wiring/send_test.py -> root).
+# The sample bodies: the checkout's tests/fixtures (webhooks/wiring/send_test.py -> root), or
+# where CONVERT_WEBHOOKS_SAMPLES points (an installed package has no checkout: the Docker image
+# copies them to /app/tests/fixtures and says so).
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+SAMPLES_ENV = "CONVERT_WEBHOOKS_SAMPLES"
 BIND_ENV = "CONVERT_WEBHOOKS_BIND"
 DEFAULT_BIND = "127.0.0.1:8000"  # gunicorn.conf.py's
 CONNECT_TIMEOUT = 3.05
@@ -95,7 +99,7 @@ class Answer:
 
 def sample_payload(spec: PlatformSpec) -> tuple[dict[str, Any], dict[str, str]]:
     """The sample's JSON body and unsigned headers, with the pairs and a new delivery id."""
-    path = FIXTURES / spec.name / spec.sample.fixture
+    path = Path(os.environ.get(SAMPLES_ENV) or FIXTURES) / spec.name / spec.sample.fixture
     try:
         payload: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
