@@ -1,7 +1,7 @@
 """Slow clients against the deployment: gunicorn's threaded workers behind the real nginx with
 deploy/nginx.conf. Bare gunicorn stops answering when one connection per thread sends its
-headers a byte a second; behind nginx, 200 such connections cost nothing and webhooks are answered at
-once. Also: nginx's 413, the raw body reaching the service byte for byte, and the Docker
+headers a byte a second; behind nginx, 200 such connections cost nothing and webhooks are
+answered at once. Also: nginx's 413, the raw body reaching the service byte for byte, and the Docker
 entrypoint (deploy/entrypoint.sh) serving through nginx and stopping cleanly."""
 
 from __future__ import annotations
