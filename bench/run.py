@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,45 @@ SNAPSHOT_COMMIT: list[str] = []  # set by --snapshot
 # loopback TCP work done in kernel threads alone shows up as 15-30% during bare-app runs.
 NOISY_PCT = 50.0
 BENCHES = ("ingest", "latency", "drain", "memory", "table")
+CONNECTIONS = (8, 32)  # closed-loop connections of the ingest benchmark
+# wrk sends a different signed webhook on each request (read from a file, one a line); past
+# the end of the file it starts over and says so (the service would see duplicates).
+WRK_SCRIPT = """
+local requests, n, i = {}, 0, 0
+for line in io.lines("@REQUESTS@") do
+  local tab = line:find("\\t", 1, true)
+  n = n + 1
+  requests[n] = {line:sub(1, tab - 1), line:sub(tab + 1)}
+end
+local wrapped = false
+request = function()
+  i = i + 1
+  if i > n then i = 1; wrapped = true end
+  local headers = {}
+  @HEADERS@
+  headers["X-Shopify-Hmac-Sha256"] = requests[i][1]
+  headers["X-Shopify-Event-Id"] = "wrk-" .. i
+  return wrk.format("POST", nil, headers, requests[i][2])
+end
+done = function(summary, latency, requests_done)
+  if wrapped then io.write("WRAPPED\\n") end
+end
+"""
+
+
+def pg_admin_url() -> str | None:
+    """PostgreSQL for the benchmark (CONVERT_WEBHOOKS_BENCH_PG, default the local server's
+    `postgres` database); None when nothing answers."""
+    url = os.environ.get("CONVERT_WEBHOOKS_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres")
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=2):
+            return url
+    except Exception:
+        return None
+
+
 RATE = 300.0  # requests/s of the latency benchmark
 LIGHT_RATE = 50.0  # requests/s of the warm-up and of the light-load end-to-end run
 
@@ -158,6 +197,7 @@ class Suite:
     noisy: list[str] = field(default_factory=list)
     _next_id: int = 5_000_000_000_000
     _dbs: int = 0
+    _pg_databases: list[str] = field(default_factory=list)
 
     # -- helpers -------------------------------------------------------------------------
     def ids(self, count: int) -> int:
@@ -174,7 +214,7 @@ class Suite:
         self,
         name: str,
         endpoint: str,
-        db: Path | None = None,
+        db: Path | str | None = None,
         dispatch: bool = True,
         fmt: str = "legacy",
     ) -> Path:
@@ -270,70 +310,123 @@ class Suite:
 
     # -- 1. ingest throughput --------------------------------------------------------------
     def bench_ingest(self) -> None:
+        """Closed loops at 8 and 32 connections, A/B/A/B: the bare app and the service on
+        SQLite and on PostgreSQL take turns (order reversed every round), each service run
+        paired with the bare run of its round; then wrk as a cross-check of the generator."""
         plan = self.plan
-        self.say("1. ingest throughput: service vs bare Flask app, same gunicorn settings")
-        runs: dict[str, list[Run]] = {"bare": [], "service": []}
-        expected = {"bare": 8000.0, "service": 8000.0}
-        with StandIn() as standin:
-            config = self.config("ingest", standin.base_url)
-            with (
-                Gunicorn.bare(self.out / "bare.log") as bare,
-                self.service("ingest-service", config) as service,
-            ):
-                servers = {"bare": bare, "service": service}
-                for server in servers.values():
-                    self.warm(server)
+        backends = ["sqlite"] + (["postgres"] if pg_admin_url() else [])
+        self.say(
+            "1. ingest throughput: service (" + ", ".join(backends) + ") vs bare Flask app, "
+            "same gunicorn settings"
+        )
+        names = ["bare", *backends]
+        runs: dict[tuple[str, int], list[Run]] = {(n, c): [] for n in names for c in CONNECTIONS}
+        expected = dict.fromkeys(names, 8000.0)
+        with StandIn() as standin, ExitStack() as stack:
+            configs = {
+                b: self.config(f"ingest-{b}", standin.base_url, self.database(b)) for b in backends
+            }
+            servers: dict[str, Gunicorn] = {
+                "bare": stack.enter_context(Gunicorn.bare(self.out / "bare.log"))
+            }
+            for b in backends:
+                servers[b] = stack.enter_context(self.service(f"ingest-{b}", configs[b]))
+            for server in servers.values():
+                self.warm(server)
+            for connections in CONNECTIONS:
                 for rnd in range(plan.ingest_rounds):
-                    order = ["bare", "service"] if rnd % 2 == 0 else ["service", "bare"]
+                    order = names if rnd % 2 == 0 else names[::-1]
                     for name in order:
                         run = self.closed(
-                            f"{name} round {rnd + 1}",
+                            f"{name} {connections} conn, round {rnd + 1}",
                             servers[name],
                             standin,
                             plan.ingest_seconds,
                             expected[name],
+                            concurrency=connections,
                         )
-                        runs[name].append(run)
+                        runs[(name, connections)].append(run)
                         expected[name] = max(run.rps * 1.5, 500.0)
-                if self.profile:
-                    with self.profiling(service, plan.ingest_seconds):
-                        self.closed(
-                            "service, profiled (not counted)",
-                            service,
-                            standin,
-                            plan.ingest_seconds,
-                            expected["service"],
-                        )
-                gen_check = self.generator_check(bare, standin, expected["bare"])
-                self.raw["ingest_dispatch"] = self.dispatch_progress(config, standin)
-        bare_rps = median([r.rps for r in runs["bare"]])
-        service_rps = median([r.rps for r in runs["service"]])
-        ratio = service_rps / bare_rps
-        self.raw["ingest"] = {name: [r.summary() for r in rs] for name, rs in runs.items()} | {
-            "bare_median_rps": bare_rps,
-            "service_median_rps": service_rps,
-            "ratio": ratio,
-            "generator_check": gen_check,
-        }
-        self.add(
-            "1",
-            "ingest throughput (service / bare)",
-            f"{ratio:.2f}x ({service_rps:.0f} vs {bare_rps:.0f} req/s, median of "
-            f"{plan.ingest_rounds})",
-            ">= 0.6x",
-            ratio >= 0.6,
+            if self.profile:
+                with self.profiling(servers["sqlite"], plan.ingest_seconds):
+                    self.closed(
+                        "service (sqlite), profiled (not counted)",
+                        servers["sqlite"],
+                        standin,
+                        plan.ingest_seconds,
+                        expected["sqlite"],
+                        concurrency=CONNECTIONS[-1],
+                    )
+            gen_check = self.generator_check(servers, standin, expected)
+            self.raw["ingest_dispatch"] = {
+                b: self.dispatch_progress(configs[b], standin) for b in backends if b == "sqlite"
+            }
+        self.raw["ingest"] = {
+            f"{name} {c}": [r.summary() for r in rs] for (name, c), rs in runs.items()
+        } | {"generator_check": gen_check}
+        for b in backends:
+            for connections in CONNECTIONS:
+                pairs = [
+                    s.rps / bare.rps
+                    for s, bare in zip(
+                        runs[(b, connections)], runs[("bare", connections)], strict=True
+                    )
+                ]
+                ratio = median(pairs)
+                svc = median([r.rps for r in runs[(b, connections)]])
+                bare_rps = median([r.rps for r in runs[("bare", connections)]])
+                self.raw["ingest"][f"ratio {b} {connections}"] = {"pairs": pairs, "median": ratio}
+                self.add(
+                    "1",
+                    f"ingest throughput, {b}, {connections} connections (service / bare)",
+                    f"{ratio:.2f}x (pairs {', '.join(f'{p:.2f}' for p in pairs)}; "
+                    f"{svc:.0f} vs {bare_rps:.0f} req/s)",
+                    ">= 0.6x",
+                    ratio >= 0.6,
+                )
+
+    def drop_pg_databases(self) -> None:
+        admin = pg_admin_url()
+        if admin is None or not self._pg_databases:
+            return
+        import psycopg
+
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in self._pg_databases:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def database(self, backend: str) -> Path | str:
+        """A new, empty database for one server: a SQLite file, or a PostgreSQL database."""
+        if backend == "sqlite":
+            return self.fresh_db("ingest")
+        admin = pg_admin_url()
+        assert admin is not None
+        self._dbs += 1
+        name = f"cw_bench_{os.getpid()}_{self._dbs}"
+        import psycopg
+
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+            conn.execute(f"CREATE DATABASE {name}")
+        self._pg_databases.append(name)
+        return (
+            admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
         )
 
-    def generator_check(self, bare: Gunicorn, standin: StandIn, expected: float) -> dict[str, Any]:
-        """Is the generator the bottleneck? The same bare app under other generators."""
+    def generator_check(
+        self, servers: dict[str, Gunicorn], standin: StandIn, expected: dict[str, float]
+    ) -> dict[str, Any]:
+        """Is the generator the bottleneck? The bare app under 2 generator processes, then
+        wrk against every server with unique signed requests (a repeated body would be a
+        duplicate for the service: less work than an ingest)."""
         seconds = self.plan.ingest_seconds
         out: dict[str, Any] = {}
         two = self.closed(
             "bare, generator 2 processes x 4",
-            bare,
+            servers["bare"],
             standin,
             seconds,
-            expected,
+            expected["bare"],
             processes=2,
             concurrency=4,
         )
@@ -342,38 +435,57 @@ class Suite:
         if wrk is None:
             out["wrk"] = "not installed (apt-get install wrk): skipped"
             return out
-        hooks = ShopifyWebhooks(*bare.address)
-        body = hooks.body(1)
-        (self.work / "wrk-body.json").write_bytes(body)
-        lua = [
-            'wrk.method = "POST"',
-            f'local f = io.open("{self.work / "wrk-body.json"}", "rb")',
-            "wrk.body = f:read('*a')",
-            "f:close()",
-        ]
-        lua += [f'wrk.headers["{k}"] = "{v}"' for k, v in hooks.headers(1, body).items()]
-        (self.work / "wrk.lua").write_text("\n".join(lua) + "\n")
-        c0, m0 = bare.cpu_seconds(), MachineCpu.now()
+        for name, server in servers.items():
+            for connections in CONNECTIONS:
+                out[f"wrk {name} {connections}"] = self.wrk_run(
+                    wrk, name, server, connections, int(expected[name] * seconds)
+                )
+        return out
+
+    def wrk_run(
+        self, wrk: str, name: str, server: Gunicorn, connections: int, count: int
+    ) -> dict[str, Any]:
+        seconds = self.plan.ingest_seconds
+        hooks = ShopifyWebhooks(*server.address)
+        first = self.ids(count)
+        requests = self.work / f"wrk-{name}-{connections}.txt"
+        with requests.open("wb") as f:  # one request a line: signature, tab, body
+            for order in range(first, first + count):
+                body = hooks.body(order)
+                signature = hooks.headers(order, body)["X-Shopify-Hmac-Sha256"]
+                f.write(signature.encode() + b"\t" + body + b"\n")
+        fixed = {k: v for k, v in hooks.headers(first, hooks.body(first)).items()}
+        fixed.pop("X-Shopify-Hmac-Sha256")
+        fixed.pop("X-Shopify-Event-Id", None)
+        fixed.pop("Content-Length", None)
+        lua = WRK_SCRIPT.replace("@REQUESTS@", str(requests)).replace(
+            "@HEADERS@",
+            "\n".join(f'headers["{k}"] = "{v}"' for k, v in fixed.items()),
+        )
+        script = self.work / f"wrk-{name}-{connections}.lua"
+        script.write_text(lua)
+        c0, m0 = server.cpu_seconds(), MachineCpu.now()
         started = os.times()
         proc = subprocess.run(
             [
                 wrk,
                 "-t1",
-                "-c8",
+                f"-c{connections}",
                 f"-d{int(seconds)}s",
                 "-s",
-                str(self.work / "wrk.lua"),
-                f"http://127.0.0.1:{bare.port}/webhooks/shop",
+                str(script),
+                f"http://127.0.0.1:{server.port}/webhooks/shop",
             ],
             capture_output=True,
             text=True,
             check=False,
         )
         ended = os.times()
+        requests.unlink()
         wrk_cpu = (ended.children_user - started.children_user) + (
             ended.children_system - started.children_system
         )
-        server_cpu, machine = bare.cpu_seconds() - c0, MachineCpu.now().busy - m0.busy
+        server_cpu, machine = server.cpu_seconds() - c0, MachineCpu.now().busy - m0.busy
         rps = next(
             (
                 float(line.split()[1])
@@ -382,21 +494,27 @@ class Suite:
             ),
             float("nan"),
         )
-        total = rps * seconds
-        out["wrk"] = {
+        wrapped = "WRAPPED" in proc.stdout
+        non2xx = next(
+            (int(line.split()[-1]) for line in proc.stdout.splitlines() if "Non-2xx" in line),
+            0,
+        )
+        result = {
             "rps": rps,
+            "non_2xx": non2xx,
+            "wrapped_to_duplicates": wrapped,
             "cpu_server_pct": round(100 * server_cpu / seconds, 1),
             "cpu_generator_pct": round(100 * wrk_cpu / seconds, 1),
             "cpu_machine_pct": round(100 * machine / seconds, 1),
-            "generator_cpu_us_per_request": round(1e6 * wrk_cpu / max(1.0, total), 1),
             "output": proc.stdout[-600:],
         }
         print(
-            f"  bare, wrk -t1 -c8: {rps:.0f} req/s; wrk CPU {out['wrk']['cpu_generator_pct']}%,"
-            f" server CPU {out['wrk']['cpu_server_pct']}%",
+            f"  {name}, wrk -t1 -c{connections}: {rps:.0f} req/s, non-2xx {non2xx}"
+            f"{' (ran out of unique requests)' if wrapped else ''}; wrk CPU "
+            f"{result['cpu_generator_pct']}%, server CPU {result['cpu_server_pct']}%",
             flush=True,
         )
-        return out
+        return result
 
     def dispatch_progress(self, config: Path, standin: StandIn) -> dict[str, Any]:
         """How far the in-worker dispatchers got while the load ran."""
@@ -946,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+            suite.drop_pg_databases()
     print()
     print(report)
     return 0 if all(f.met is not False for f in suite.figures) else 1
