@@ -21,6 +21,7 @@ from tests.payloads import experiments, shopify_order
 from webhooks.convert.v1 import DEFAULT_SOURCE
 from webhooks.convert.visitor import pseudonymous_visitor_id
 from webhooks.core.hits import WHOLE_PURCHASE
+from webhooks.delivery.round import claim_size
 from webhooks.storage.schema import events, sends
 from webhooks.web.app import create_app
 from webhooks.wiring.config import settings_from_mapping
@@ -461,3 +462,18 @@ def test_the_start_says_a_switch_applies_to_new_events_and_what_waits_in_the_old
         "stored under legacy still go out in legacy (no purchase is sent in both)"
     ) in caplog.text
     assert f"POST {standin.base_url}/track/1111/2222" in caplog.text
+
+
+def test_a_v1_round_claims_enough_for_several_concurrent_posts(
+    make_v1: Any, make_service: Any, sqlite_url: str, standin: ConvertV1StandIn
+) -> None:
+    """With the JSON API a round claims at least 4 batches' worth (they go out at once);
+    the legacy format claims dispatcher.batch_size."""
+    service = make_v1({"batch_size": 5})
+    assert claim_size(service.settings) == 50  # dispatcher.batch_size is larger already
+    assert claim_size(make_v1({"batch_size": 100}).settings) == 400
+    assert claim_size(make_service(sqlite_url).settings) == 50
+    for n in range(23):
+        assert service.post_shopify("orders/paid", paid(7900 + n)).status_code == 200
+    assert service.runtime.dispatcher.run_once() == 23  # one round, five requests
+    assert sorted(len(r.body["visitors"]) for r in standin.received) == [3, 5, 5, 5, 5]

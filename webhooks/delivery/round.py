@@ -27,7 +27,7 @@ from webhooks.core.clock import Clock
 from webhooks.core.hits import Hit, SendOutcome
 from webhooks.core.logs import describe
 from webhooks.core.observe import FinishSeen, Observer, RoundSeen
-from webhooks.core.settings import Settings
+from webhooks.core.settings import ConvertFormat, Settings
 from webhooks.core.states import DONE_SEND_STATES
 from webhooks.delivery.breaker import Breaker
 from webhooks.delivery.decide import decide, internal_error, with_note
@@ -40,6 +40,7 @@ from webhooks.storage.database import transaction
 from webhooks.storage.queue import UNSENT, Finish, KnownSend
 
 log = logging.getLogger(__name__)
+V1_POSTS_PER_ROUND = 4  # half the send pool: the rest keeps sending while results are recorded
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class Round:
                 conn,
                 self.token,
                 p.clock.now(),
-                1 if probing else d.batch_size,
+                1 if probing else claim_size(p.settings),
                 d.lease_seconds,
                 lease_now=p.clock.lease_now(conn),
                 ignore_due=early,
@@ -231,6 +232,16 @@ def _internal_error(row: Row[Any], exc: Exception, stage: str) -> Finish:
     where = describe(exc)
     log.error("event %s: %s failed (%s); marked dead", row.id, stage, where)
     return internal_error(stage, where)
+
+
+def claim_size(settings: Settings) -> int:
+    """Events a round claims: dispatcher.batch_size, and with the JSON API at least enough to
+    fill V1_POSTS_PER_ROUND requests, which then go out at once (one request per round would
+    leave the round's fixed cost, two commits and a claim, to each batch)."""
+    size = settings.dispatcher.batch_size
+    if settings.convert.format is ConvertFormat.V1:
+        size = max(size, settings.convert.v1.batch_size * V1_POSTS_PER_ROUND)
+    return size
 
 
 def _finish_seen(row: Row[Any], done: Finish) -> FinishSeen:

@@ -33,7 +33,7 @@ from webhooks.delivery.breaker import Breaker
 from webhooks.delivery.details import DetailsStep
 from webhooks.delivery.planner import Planner, default_chain
 from webhooks.delivery.recording import DATABASE_ERRORS, Writer
-from webhooks.delivery.round import Round, RoundParts
+from webhooks.delivery.round import Round, RoundParts, claim_size
 from webhooks.delivery.sending import Slots
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class Dispatcher:
                 # Convert is unreachable: wait (new webhooks do not wake us), then probe.
                 self._stop.wait(self.breaker.pause())
                 continue
-            if busy >= d.batch_size:
+            if busy >= claim_size(self.settings):
                 continue  # a backlog: keep going
             woken = self._wake.wait(d.poll_seconds)
             self._wake.clear()

@@ -16,6 +16,7 @@ signature was refused) is mapped to a short class. Anything else is "other".
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -181,14 +182,17 @@ class ServiceMetrics:
         self.events.labels(source, bounded(state, _STATES), reason_label).inc()
 
     def sends(self, outcomes: Sequence[SendOutcome]) -> None:
+        # Counted per label set, not per hit: a JSON API batch is many hits with one result.
+        counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         for outcome in outcomes:
             result = outcome.result
             hit_format = bounded(str(outcome.hit.format), _FORMATS)
             outcome_label = bounded(str(result.outcome), _OUTCOMES)
-            status = status_class(result.status_code)
-            self.convert_requests.labels(hit_format, outcome_label, status).inc()
+            counts[(hit_format, outcome_label, status_class(result.status_code))] += 1
             if result.seconds is not None and result.outcome is not Outcome.DRY_RUN:
                 self.convert_seconds.labels(hit_format).observe(max(0.0, result.seconds))
+        for labels, count in counts.items():
+            self.convert_requests.labels(*labels).inc(count)
 
     def dispatcher(self, seen: DispatcherSeen) -> None:
         with self._lock:
