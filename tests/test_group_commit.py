@@ -98,6 +98,26 @@ def queued(committer: GroupCommitter, n: int) -> Callable[[], bool]:
     return lambda: committer._queue.qsize() >= n
 
 
+def behind_held_writes(
+    service: Service, committer: GroupCommitter, work: list[Delivery]
+) -> list[IngestOutcome | BaseException]:
+    """The first delivery goes alone into a transaction that waits for the held write lock;
+    the others queue behind it meanwhile; then writes are freed. So the writer makes exactly
+    two batches: the first delivery, then all the others."""
+    results: list[IngestOutcome | BaseException] = []
+    with writes_held(service) as release:
+        lead = threading.Thread(target=lambda: results.extend(run_all(committer, work[:1])))
+        lead.start()
+        wait_until(lambda: committer.stats.committing == 1)  # taken, waiting for the lock
+        rest = threading.Thread(target=lambda: results.extend(run_all(committer, work[1:])))
+        rest.start()
+        wait_until(queued(committer, len(work) - 1))
+        release()
+        lead.join(30)
+        rest.join(30)
+    return results
+
+
 def purchases(service: Service, count: int) -> list[Delivery]:
     """`count` deliveries of as many different purchases (real Stripe bodies)."""
     made = []
@@ -112,13 +132,7 @@ def test_waiting_requests_share_one_transaction(any_db_service: Service) -> None
     service = any_db_service
     committer = GroupCommitter(service.runtime.engine, 5000)
     work = purchases(service, 20)
-    with writes_held(service) as release:
-        threads = threading.Thread(target=lambda: results.extend(run_all(committer, work)))
-        results: list[Any] = []
-        threads.start()
-        wait_until(queued(committer, 19))  # one is in the writer, held; 19 wait behind it
-        release()
-        threads.join(30)
+    results: list[Any] = behind_held_writes(service, committer, work)
     assert sorted(r.status for r in results) == ["accepted"] * 20
     assert (committer.stats.batches, committer.stats.largest) == (2, 19)
     assert count(service, deliveries) == 20 and count(service, events) == 20
@@ -131,14 +145,8 @@ def test_duplicates_within_one_batch_count_once(any_db_service: Service) -> None
     first = stripe_delivery(service, "evt_same")
     other_delivery = stripe_delivery(service, "evt_other")  # the same payment intent
     work = [stripe_delivery(service, "evt_lead"), first, first, other_delivery]
-    with writes_held(service) as release:
-        results: list[Any] = []
-        runner = threading.Thread(target=lambda: results.extend(run_all(committer, work, 0.02)))
-        runner.start()
-        wait_until(queued(committer, 3))
-        release()
-        runner.join(30)
-    assert committer.stats.largest == 3
+    results: list[Any] = behind_held_writes(service, committer, work)
+    assert (committer.stats.batches, committer.stats.largest) == (2, 3)
     statuses = sorted(r.status for r in results)
     assert statuses == ["accepted", "duplicate", "duplicate", "duplicate"]
     assert count(service, deliveries) == 3  # evt_lead, evt_same, evt_other
@@ -153,16 +161,11 @@ def test_a_refused_row_fails_alone_and_its_neighbours_are_committed(
     good = purchases(service, 6)
     bad = stripe_delivery(service, "evt_bad", item_count=2**63)
     work = [good[0], good[1], good[2], bad, good[3], good[4], good[5]]
-    with writes_held(service) as release:
-        results: list[Any] = []
-        runner = threading.Thread(target=lambda: results.extend(run_all(committer, work, 0.01)))
-        runner.start()
-        wait_until(queued(committer, 6))
-        release()
-        runner.join(30)
+    results: list[Any] = behind_held_writes(service, committer, work)
     assert committer.stats.largest == 6  # the bad one was in a batch with five others
-    assert isinstance(results[3], UnstorableError)
-    assert [r.status for i, r in enumerate(results) if i != 3] == ["accepted"] * 6
+    refused = [r for r in results if isinstance(r, UnstorableError)]
+    assert len(refused) == 1
+    assert [r.status for r in results if not isinstance(r, BaseException)] == ["accepted"] * 6
     assert count(service, deliveries) == 6 and count(service, events) == 6
 
 

@@ -245,11 +245,12 @@ def wait_answering(url: str, timeout: float) -> None:
 
 
 def test_control_one_slow_client_per_thread_starves_bare_gunicorn(stack: Stack) -> None:
-    """Why nginx is there: straight at gunicorn, one slow client per thread (2 workers x 16
-    threads) holds every thread. (Also proves the slow clients below are real ones.)"""
+    """Why nginx is there: straight at gunicorn, slow clients hold every thread (2 workers x
+    16 threads; three per thread, so that however the workers share them out, each has all
+    its threads held). (Also proves the slow clients below are real ones.)"""
     data, headers = signed_order(9001)
     with SlowClients(stack.gunicorn.port) as slow:
-        slow.open(GUNICORN_WORKERS * GUNICORN_THREADS)
+        slow.open(3 * GUNICORN_WORKERS * GUNICORN_THREADS)
         time.sleep(1.0)  # every thread has taken one and is blocked reading it
         status, _ = post(f"{stack.gunicorn.url}/webhooks/shop", data, headers, ANSWER_WITHIN)
         assert status == 0, "bare gunicorn answered although every thread was held"

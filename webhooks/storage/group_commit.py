@@ -59,6 +59,7 @@ class BatchStats:
     batches: int = 0
     deliveries: int = 0
     largest: int = 0
+    committing: int = 0  # deliveries in the transaction being made now
 
 
 class GroupCommitter:
@@ -110,6 +111,7 @@ class GroupCommitter:
                     batch.append(self._queue.get_nowait())
                 except Empty:
                     break
+            self.stats.committing = len(batch)
             try:
                 self._commit(batch)
             except BaseException as exc:  # never leave a request waiting on a dead writer
@@ -129,6 +131,7 @@ class GroupCommitter:
             failed = exc if isinstance(exc, StorageError) else _unavailable(exc)
             for waiting in batch:
                 waiting.outcome, waiting.error = None, failed
+        self.stats.committing = 0
         self.stats.batches += 1
         self.stats.deliveries += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
