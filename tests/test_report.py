@@ -30,8 +30,9 @@ from tests.payloads import experiments, fixture, shopify_order, stripe_event
 from tests.stripe_api_standin import API_KEY, StripeApiStandin
 from webhooks.attribution.exposures import PLACE_BY_CUSTOMER, PLACE_BY_EMAIL
 from webhooks.cli import main, since_time
+from webhooks.core.places import place_class
 from webhooks.storage.exposures import Exposure, store_exposures
-from webhooks.storage.report import DayOf, build_report, place_class
+from webhooks.storage.report import DayOf, build_report
 from webhooks.storage.schema import deliveries, events
 
 DAY1, DAY2 = "2027-01-15", "2027-01-16"  # START is 2027-01-15T08:00:00Z

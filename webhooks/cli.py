@@ -38,6 +38,7 @@ from webhooks.core.errors import (
 from webhooks.core.events import SENDABLE_KINDS, NormalizedEvent, ParseResult
 from webhooks.core.hits import HitFormat
 from webhooks.core.logs import configure_logging, escape
+from webhooks.core.places import PLACES
 from webhooks.core.settings import MIN_KEEP_DAYS, Settings, SourceSettings
 from webhooks.core.states import DeliveryStatus, EventState
 from webhooks.storage.clock import SystemClock
@@ -52,7 +53,7 @@ from webhooks.storage.exposures import (
 from webhooks.storage.ingest import checked_transaction
 from webhooks.storage.migrations import migrate
 from webhooks.storage.records import event_detail, list_deliveries, list_events
-from webhooks.storage.report import PLACES, DayOf, Report, Tally, build_report
+from webhooks.storage.report import DayOf, Report, Tally, build_report
 from webhooks.storage.retention import PruneCounts, horizon, prune
 from webhooks.wiring.config import load_settings
 from webhooks.wiring.exposures import field_messages, read_row

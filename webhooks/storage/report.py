@@ -14,7 +14,6 @@ state, reason, place found and details step) and the sent amounts (by currency a
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal, Inexact, InvalidOperation, localcontext
@@ -28,6 +27,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from webhooks.core.errors import StorageError
 from webhooks.core.events import SENDABLE_KINDS
+from webhooks.core.places import place_class
 from webhooks.core.states import EventState, Reason
 from webhooks.storage.database import transaction
 from webhooks.storage.schema import DETAILS_PENDING, events
@@ -40,22 +40,7 @@ class DayOf(StrEnum):
     ORDERED = "ordered"  # occurred_at: the order's time as the platform gave it
 
 
-# Where the experiment pairs were found, by the prefix of `attributed_from` (the strings of
-# webhooks/attribution: order.py, customers.py, exposures.py; tests pin them).
-PLACES = ("order", "customer", "exposures", "other")
-_PLACE_PATTERNS = (
-    ("order", re.compile(r"order attribute ")),
-    ("customer", re.compile(r"\S+ customer (?:metadata|metafield) ")),
-    ("exposures", re.compile(r"exposure store\b")),
-)
 NO_REASON = "none"  # a skipped row without a reason code (stored by an old version)
-
-
-def place_class(attributed_from: str) -> str:
-    for name, pattern in _PLACE_PATTERNS:
-        if pattern.match(attributed_from):
-            return name
-    return "other"
 
 
 @dataclass

@@ -37,6 +37,7 @@ from webhooks.core.errors import ConfigError
 from webhooks.core.hits import HitFormat, SendOutcome
 from webhooks.core.logs import describe
 from webhooks.core.observe import DispatcherSeen, FinishSeen, IngestSeen, RoundSeen
+from webhooks.core.places import place_class
 from webhooks.core.states import WAITING_FOR_PAIRS, EventState, Outcome, Reason
 from webhooks.storage.gauges import QueueGauges, read_gauges
 
@@ -67,12 +68,6 @@ SIGNATURE_CLASSES = (
     ("mismatch", re.compile(r"does not match|matches a configured")),
     ("malformed", re.compile(r"malformed|too long")),
     ("error", re.compile(r"could not be read|neither a ping nor signed")),
-)
-# Where pairs were found (attribution/order.py, customers.py, exposures.py) -> its class.
-PLACE_CLASSES = (
-    ("order", re.compile(r"^order ")),
-    ("exposures", re.compile(r"^exposure store")),
-    ("customer", re.compile(r"customer")),
 )
 NOT_ATTRIBUTED = "none"
 _SOURCE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what a configured source name can be
@@ -218,15 +213,6 @@ def source_label(name: str) -> str:
 def signature_class(reason: str | None) -> str:
     for name, pattern in SIGNATURE_CLASSES:
         if reason is not None and pattern.search(reason):
-            return name
-    return OTHER
-
-
-def place_class(place: str | None) -> str:
-    if place is None:
-        return NOT_ATTRIBUTED
-    for name, pattern in PLACE_CLASSES:
-        if pattern.search(place):
             return name
     return OTHER
 
