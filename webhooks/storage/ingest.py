@@ -65,6 +65,9 @@ class IngestOutcome:
     reason: str | None
     delivery_id: int | None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # (state, reason code) of each event this delivery newly stored (for the observer; not
+    # in the answer).
+    new_states: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_pending(self) -> bool:
@@ -261,7 +264,9 @@ def _store_events(
     conn: Connection, d: Delivery, delivery_id: int, now: float, written_status: str | None
 ) -> IngestOutcome:
     result = d.result
-    stored = [_store_event(conn, d, delivery_id, event, now) for event in result.events]
+    made = [_store_event(conn, d, delivery_id, event, now) for event in result.events]
+    stored = [summary for summary, _ in made]
+    new_states = tuple(state for _, state in made if state is not None)
     if result.redaction:
         addresses = () if result.redaction.whole_shop else addresses_in(d.body)
         redact(
@@ -282,7 +287,7 @@ def _store_events(
             .where(deliveries.c.id == delivery_id)
             .values(status=status, reason=reason)
         )
-    return IngestOutcome(status, reason, delivery_id, stored)
+    return IngestOutcome(status, reason, delivery_id, stored, new_states)
 
 
 def _delivery_status(result: ParseResult, stored: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -317,7 +322,8 @@ def initial_state(d: Delivery, event: NormalizedEvent) -> tuple[EventState, Reas
 
 def _store_event(
     conn: Connection, d: Delivery, delivery_id: int, event: NormalizedEvent, now: float
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """The event's summary for the answer, and its (state, reason code) when newly stored."""
     state, code, reason = initial_state(d, event)
     money = event.revenue(d.source.revenue)
     values = {
@@ -354,14 +360,16 @@ def _store_event(
     event_id = insert_ignore(conn, events, values, keys)
     summary = {"kind": str(event.kind), "order_id": event.order_id}
     if event_id is not None:
-        return summary | {"id": event_id, "state": state, "reason": reason, "duplicate": False}
+        made = {"id": event_id, "state": state, "reason": reason, "duplicate": False}
+        return summary | made, (str(state), str(code))
     existing_id = _merge_into_existing(conn, d.project_id, event, now)
-    return summary | {
+    duplicate = {
         "id": existing_id,
         "state": DeliveryStatus.DUPLICATE,
         "duplicate": True,
         "reason": "purchase already counted",
     }
+    return summary | duplicate, None
 
 
 def _merge_into_existing(

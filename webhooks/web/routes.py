@@ -52,7 +52,6 @@ from webhooks.storage.ingest import (
     UNREADABLE_TOPIC,
     Delivery,
     IngestOutcome,
-    initial_state,
     store_rejected,
 )
 from webhooks.wiring.runtime import Runtime
@@ -250,19 +249,8 @@ def _receive(rt: Runtime, source: SourceSettings, trace: _Trace) -> IngestOutcom
         _keep_rejected(rt, source, headers, raw, exc, now, result.topic)
     if outcome.has_pending:
         rt.dispatcher.wake()
-    trace.stored = _stored_states(delivery, outcome)
+    trace.stored = outcome.new_states
     return outcome
-
-
-def _stored_states(delivery: Delivery, outcome: IngestOutcome) -> tuple[tuple[str, str], ...]:
-    """(state, reason code) of each event the delivery newly stored, by the rule ingest
-    applied (a pure function of the event and the source: no query)."""
-    states = []
-    for event, summary in zip(delivery.result.events, outcome.events, strict=False):
-        if not summary.get("duplicate"):
-            state, code, _text = initial_state(delivery, event)
-            states.append((str(state), str(code)))
-    return tuple(states)
 
 
 def _unknown_source(name: str) -> str:
