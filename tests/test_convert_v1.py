@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -477,3 +479,75 @@ def test_a_v1_round_claims_enough_for_several_concurrent_posts(
         assert service.post_shopify("orders/paid", paid(7900 + n)).status_code == 200
     assert service.runtime.dispatcher.run_once() == 23  # one round, five requests
     assert sorted(len(r.body["visitors"]) for r in standin.received) == [3, 5, 5, 5, 5]
+
+
+class Mover:
+    """An endpoint that moved: every POST answered with `status` and a Location (to the
+    stand-in, or to itself for a loop)."""
+
+    def __init__(self, status: int, target: str | None) -> None:
+        mover = self
+        self.status, self.target, self.hits = status, target, 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                mover.hits += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(mover.status)
+                self.send_header("Location", mover.target or self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "sent"),
+    [(307, True), (308, True), (301, False), (302, False), (303, False), ("loop", False)],
+)
+def test_a_moved_endpoint_is_followed_only_where_the_post_stays_a_post(
+    make_v1: Any, standin: ConvertV1StandIn, status: int | str, sent: bool
+) -> None:
+    """requests would follow a 301/302/303 with a GET and take its answer for a success."""
+    target = None if status == "loop" else f"{standin.base_url}/track/1111/2222"
+    mover = Mover(307 if status == "loop" else int(status), target)
+    try:
+        service = make_v1({"base_url": mover.base_url})
+        assert service.post_shopify("orders/paid", paid(7950)).status_code == 200
+        service.drain()
+        event = rows(service)["7950"]
+        if sent:
+            assert event.state == "sent"
+            [request] = standin.received
+            assert transactions(request.body) == ["7950"]  # the body went along
+        else:
+            assert (event.state, event.reason_code) == ("dead", "convert_rejected")
+            assert standin.received == []
+            assert mover.hits == (6 if status == "loop" else 1)
+    finally:
+        mover.close()
+
+
+def test_a_woken_dispatcher_gathers_for_the_batch_wait_with_the_json_api(
+    make_v1: Any, make_service: Any, sqlite_url: str
+) -> None:
+    v1 = make_v1({"batch_wait_seconds": 0.5}).runtime.dispatcher
+    assert (v1._gather_seconds(0), v1._gather_seconds(30)) == (0.5, 0.5)
+    legacy = make_service(sqlite_url).runtime.dispatcher
+    linger = legacy.settings.dispatcher.linger_seconds
+    assert (legacy._gather_seconds(1), legacy._gather_seconds(2)) == (0.0, linger)
